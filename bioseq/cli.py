@@ -1,0 +1,74 @@
+"""The ``bioseq`` console script.
+
+Each subcommand lives in ``bioseq/commands/<name>.py`` as ``main(argv) -> int`` with a one-line
+``HELP``. This module only dispatches, so ``bioseq --help`` stays fast (nothing heavy is imported
+until a subcommand runs). Errors derived from :class:`bioseq.errors.BioseqError` print as one line
+on stderr with exit status 2; ``BIOSEQ_DEBUG=1`` re-raises them with the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import bioseq
+from bioseq.errors import BioseqError
+
+# name -> (module, one-line description). Descriptions are here so --help imports nothing heavy.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("bioseq.commands.inspect", "Summarise FASTA files: records, lengths, alphabet, N, "
+                                           "lowercase and IUPAC content."),
+    "pretrain": ("bioseq.commands.pretrain", "Pretrain a backbone with a causal or masked LM "
+                                             "objective (LightningCLI: fit/validate/test)."),
+    "finetune": ("bioseq.commands.finetune", "Finetune a backbone on a labelled sequence task "
+                                             "(LightningCLI: fit/validate/test/predict)."),
+    "embed": ("bioseq.commands.embed", "Turn FASTA (or SMILES) into embeddings on disk (HDF5 or npy)."),
+    "benchmark": ("bioseq.commands.benchmark", "Run a benchmark suite (datasets x seeds) and write the "
+                                               "results table beside published numbers."),
+    "probe": ("bioseq.commands.probe", "Linear probe (logistic regression) on frozen embeddings or "
+                                       "k-mer counts."),
+    "demo": ("bioseq.commands.demo", "Pretrain a tiny HyenaDNA on the bundled synthetic genome (CPU, "
+                                     "minutes)."),
+}
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [
+        f"usage: bioseq [--version] [--help] <command> [args]\n",
+        "bioseq: pretrain, finetune and embed long-range biological sequence models.\n",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines.append("\nRun `bioseq <command> --help` for a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("-V", "--version"):
+        print(f"bioseq {bioseq.__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"bioseq: unknown command '{name}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    try:
+        return int(module.main(rest) or 0)
+    except BioseqError as err:
+        if os.environ.get("BIOSEQ_DEBUG"):
+            raise
+        print(f"bioseq {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bioseq {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+"""Shared test fixtures: the real data in ../shared (skipped cleanly when absent) and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BIOSEQ_SHARED", REPO.parent / "shared"))
+
+
+def shared_path(*parts: str) -> Path:
+    """Path under ../shared; skips the calling test when it does not exist."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the shared data directory beside the checkout)")
+    return path
+
+
+@pytest.fixture
+def shared():
+    """The ``shared_path`` function, as a fixture: ``shared("data", "genome", "x.fa.gz")``."""
+    return shared_path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import torch
+
+    torch.manual_seed(0)
+    yield
