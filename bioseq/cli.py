@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
-        f"usage: bioseq [--version] [--help] <command> [args]\n",
+        "usage: bioseq [--version] [--help] <command> [args]\n",
         "bioseq: pretrain, finetune and embed long-range biological sequence models.\n",
         "commands:",
     ]

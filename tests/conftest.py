@@ -27,7 +27,9 @@ def shared():
 
 @pytest.fixture(autouse=True)
 def _seed():
-    import torch
+    """Seed torch for tests that use it, without importing torch for those that do not."""
+    import sys
 
-    torch.manual_seed(0)
+    if "torch" in sys.modules:
+        sys.modules["torch"].manual_seed(0)
     yield
