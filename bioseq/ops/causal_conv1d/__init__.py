@@ -1,6 +1,8 @@
 """``causal_conv1d(x[B,D,L], weight[D,K], bias[D], activation) -> y[B,D,L]``: short depthwise conv.
 
-Used by Hyena's short filter, Mamba and xLSTM. Dispatch as in ``bioseq.ops._dispatch``.
+Used by Hyena's short filter, Mamba and xLSTM. Dispatch as in ``bioseq.ops._dispatch``: the Triton
+kernel (K <= 8, fp32/fp16/bf16) for CUDA tensors, the reference otherwise; ``BIOSEQ_OPS=ref|triton``
+overrides (float64 and K > 8 always take the reference).
 """
 
 from __future__ import annotations
@@ -10,13 +12,23 @@ import torch
 from bioseq.ops._dispatch import use_triton
 from bioseq.ops.causal_conv1d.ref import causal_conv1d_ref
 
-__all__ = ["causal_conv1d", "causal_conv1d_ref"]
+__all__ = ["causal_conv1d", "causal_conv1d_ref", "causal_conv1d_backend"]
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_KERNEL_K = 8
+
+
+def causal_conv1d_backend(x: torch.Tensor, weight: torch.Tensor) -> str:
+    """"triton" or "ref": which implementation ``causal_conv1d(x, weight, ...)`` runs."""
+    if use_triton(x) and x.dtype in KERNEL_DTYPES and weight.shape[-1] <= MAX_KERNEL_K:
+        return "triton"
+    return "ref"
 
 
 def causal_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   activation: str | None = None) -> torch.Tensor:
     """Causal depthwise conv of x [B, D, L] with weight [D, K] (+ bias [D], optional SiLU)."""
-    if use_triton(x):
+    if causal_conv1d_backend(x, weight) == "triton":
         from bioseq.ops.causal_conv1d.triton import causal_conv1d_triton
 
         return causal_conv1d_triton(x, weight, bias, activation)
