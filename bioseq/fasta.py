@@ -221,6 +221,7 @@ class _Raw:
     line_bases: int            # bases per full line (the first sequence line)
     line_bytes: int            # bytes per full line, newline included
     ragged_line: int | None    # first line that breaks the fixed-width layout, if any
+    length: int = 0            # bases in the record (also when ``seq`` is not kept)
 
 
 def _decode_header(raw: bytes, path: Path, lineno: int) -> tuple[str, str]:
@@ -260,9 +261,14 @@ def _char_name(b: int) -> str:
     return {32: "space ' '", 9: "tab"}.get(b, f"byte 0x{b:02x}")
 
 
-def _validate_bytes(rec: _Raw, path: Path, alphabet: str | None) -> None:
-    """Non-ASCII, control bytes and (optionally) the alphabet, vectorised over the record."""
-    arr = np.frombuffer(rec.seq, dtype=np.uint8)
+def _validate_bytes(rec: _Raw, path: Path, alphabet: str | None, data: bytes | None = None,
+                    base: int = 0) -> None:
+    """Non-ASCII, control bytes and (optionally) the alphabet, vectorised over the record.
+
+    ``data`` is a piece of the record starting at 0-based position ``base`` (default: all of
+    ``rec.seq``), so a record can be checked piece by piece without holding it whole.
+    """
+    arr = np.frombuffer(rec.seq if data is None else data, dtype=np.uint8)
     if arr.size == 0:
         return
     lo, hi = int(arr.min()), int(arr.max())
@@ -271,6 +277,7 @@ def _validate_bytes(rec: _Raw, path: Path, alphabet: str | None) -> None:
         if bad.any():
             pos0 = int(np.argmax(bad))
             b = int(arr[pos0])
+            pos0 += base
             line, col = _line_of(rec, pos0)
             if b >= 128:
                 msg = f"non-ASCII byte 0x{b:02x} in the sequence (column {col})"
@@ -281,16 +288,23 @@ def _validate_bytes(rec: _Raw, path: Path, alphabet: str | None) -> None:
         ok = _ALPHABET_LUT[alphabet][arr]
         if not ok.all():
             pos0 = int(np.argmin(ok))
+            char = int(arr[pos0])
+            pos0 += base
             line, col = _line_of(rec, pos0)
             raise FastaCharacterError(
-                f"invalid character {_char_name(int(arr[pos0]))} for {alphabet.upper()} (column {col}); "
+                f"invalid character {_char_name(char)} for {alphabet.upper()} (column {col}); "
                 f"allowed: {ALPHABETS[alphabet]} in either case", path=path, record=rec.id, line=line,
                 position=pos0 + 1)
 
 
 def _scan(path: Path, *, allow_duplicates: bool = False, skip_empty: bool = False,
-          alphabet: str | None = None, keep_empty: bool = False) -> Iterator[_Raw]:
-    """Yield validated raw records; the single line loop behind :func:`read_fasta` and the index."""
+          alphabet: str | None = None, keep_empty: bool = False, keep_seq: bool = True) -> Iterator[_Raw]:
+    """Yield validated raw records; the single line loop behind :func:`read_fasta` and the index.
+
+    With ``keep_seq=False`` (index building) each record is validated in pieces of a few MB and its
+    sequence is not kept (``seq`` is empty, ``length`` is set), so memory does not grow with the
+    length of a chromosome.
+    """
     if alphabet is not None and alphabet not in ALPHABETS:
         raise ValueError(f"alphabet must be one of {sorted(ALPHABETS)} or None, got {alphabet!r}")
     compression = detect_compression(path)
@@ -306,9 +320,20 @@ def _scan(path: Path, *, allow_duplicates: bool = False, skip_empty: bool = Fals
     # fixed-width bookkeeping of the current record
     pending_short: int | None = None  # a line shorter than the first (or blank) seen; next seq line -> ragged
 
+    def flush(rec: _Raw) -> None:
+        """Validate the pending pieces of ``rec`` and drop them (``keep_seq=False``)."""
+        data = b"".join(parts)
+        _validate_bytes(rec, path, alphabet, data=data, base=rec.length)
+        rec.length += len(data)
+        parts.clear()
+
     def finish(rec: _Raw) -> _Raw | None:
-        rec.seq = b"".join(parts)
-        if not rec.seq:
+        if keep_seq:
+            rec.seq = b"".join(parts)
+            rec.length = len(rec.seq)
+        else:
+            flush(rec)
+        if not rec.length:
             if keep_empty:
                 return rec
             if skip_empty:
@@ -316,7 +341,8 @@ def _scan(path: Path, *, allow_duplicates: bool = False, skip_empty: bool = Fals
             raise FastaFormatError("empty record (a header with no sequence lines); pass "
                                    "skip_empty=True (CLI: --skip-empty) to drop empty records",
                                    path=path, record=rec.id, line=rec.line)
-        _validate_bytes(rec, path, alphabet)
+        if keep_seq:
+            _validate_bytes(rec, path, alphabet)
         return rec
 
     try:
@@ -374,6 +400,8 @@ def _scan(path: Path, *, allow_duplicates: bool = False, skip_empty: bool = Fals
                         cur.ragged_line = lineno  # trailing whitespace: the byte layout is not fixed
                     if n:
                         parts.append(seq)
+                        if not keep_seq and len(parts) >= 65536:
+                            flush(cur)
                         if cur.line_bases == 0:
                             cur.line_bases = n
                             cur.line_bytes = nbytes if ends_nl else n + 1
@@ -486,14 +514,14 @@ def _atomic_write(target: Path, data: bytes) -> None:
 def _build_fai(path: Path) -> bytes:
     """The ``.fai`` text; empty records are kept with length 0 (samtools layout)."""
     lines = []
-    for rec in _scan(path, allow_duplicates=False, keep_empty=True):
+    for rec in _scan(path, allow_duplicates=False, keep_empty=True, keep_seq=False):
         if rec.ragged_line is not None:
             raise FastaIndexError(
                 f"ragged line lengths: this line breaks the record's fixed layout ({rec.line_bases} bases "
                 "per line, same line ending, no trailing blanks; only the last line may be shorter), so "
                 "the file cannot be indexed for random access; rewrap it (e.g. `seqkit seq -w 60`) or "
                 "stream it with read_fasta", path=path, record=rec.id, line=rec.ragged_line)
-        lines.append(f"{rec.id}\t{len(rec.seq)}\t{rec.offset}\t{rec.line_bases}\t{rec.line_bytes}\n")
+        lines.append(f"{rec.id}\t{rec.length}\t{rec.offset}\t{rec.line_bases}\t{rec.line_bytes}\n")
     return "".join(lines).encode()
 
 

@@ -472,3 +472,20 @@ def test_real_bgzf_read_only_indexed_and_single_line_chromosome(shared):
     assert len(rec.seq) == 1_531_933
     with pytest.raises(FastaCompressionError, match="bgzip"):
         IndexedFasta(single)
+
+
+def test_index_build_validates_long_records_in_pieces(tmp_path):
+    """Index building checks a long record piece by piece (it never holds it whole) and still
+    names the exact line and position of a bad byte far into the record."""
+    n_lines, bad_line = 70_000, 69_001  # more lines than one validation piece
+    body = [b"ACGTACGTAC"] * n_lines
+    body[bad_line - 1] = b"ACG\x80ACGTAC"
+    path = tmp_path / "long.fa"
+    path.write_bytes(b">chrL\n" + b"\n".join(body) + b"\n")
+    with pytest.raises(FastaError) as err:
+        fasta.ensure_index(path)
+    assert err.value.line == bad_line + 1  # the header is line 1
+    assert f"position {(bad_line - 1) * 10 + 4}" in str(err.value)
+    body[bad_line - 1] = b"ACGTACGTAC"
+    path.write_bytes(b">chrL\n" + b"\n".join(body) + b"\n")
+    assert IndexedFasta(path).lengths == {"chrL": n_lines * 10}
