@@ -1,0 +1,120 @@
+"""Benchmarks of ``bioseq embed`` (CPU by default). Prints markdown tables.
+
+    python benchmarks/embed.py proteins     # 4,298 E. coli proteins: batched engine vs one-at-a-time loop
+    python benchmarks/embed.py chromosome   # whole E. coli chromosome (4.6 Mb), --long chunk: time, peak RSS
+    python benchmarks/embed.py all
+
+``proteins``: a tiny HyenaDNA preset with ``alphabet=protein`` and random weights (d_model 128,
+2 layers; ``l_max`` raised to 4098 so every protein, up to 2,358 aa, fits one forward pass and the
+two methods compute the same thing). The engine run includes its validation pass and writing the
+HDF5 file; the loop only tokenizes, runs the model on [1, L] and mean-pools. Both in the same
+process, same thread count. Also reports the largest difference between the two results.
+
+``chromosome``: runs ``bioseq embed -m hyenadna-tiny-1k <E. coli .fna.gz> --long chunk`` in a
+subprocess and reports wall time and the child's peak resident set size (``ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BIOSEQ_SHARED", REPO.parent / "shared"))
+PROTEOME = SHARED / "data" / "protein" / "ecoli_k12_proteome_GCF_000005845.2.faa.gz"
+GENOME = SHARED / "data" / "genome" / "ecoli_k12_mg1655_GCF_000005845.2.fna.gz"
+
+
+def bench_proteins(limit: int | None, batch_tokens: int, device: str = "cpu") -> dict:
+    import numpy as np
+    import torch
+
+    import models
+    from bioseq.embed import EmbedOptions, embed_to_file, iter_fasta, read_embeddings
+    from bioseq.tokenizers import get_tokenizer
+
+    tok = get_tokenizer("protein")
+    torch.manual_seed(0)
+    model = models.build_backbone(preset="hyenadna-tiny-1k", alphabet="protein", vocab_size=tok.vocab_size,
+                                  l_max=4098).eval().to(device)
+    records = list(iter_fasta([PROTEOME]))[:limit]
+    n_res = sum(len(r.seq) for r in records)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "p.h5"
+        t0, c0 = time.perf_counter(), time.process_time()
+        embed_to_file(lambda: iter(records), out, model, tok,
+                      EmbedOptions(batch_tokens=batch_tokens, device=device), progress=False)
+        t_batched, c_batched = time.perf_counter() - t0, time.process_time() - c0
+        batched = read_embeddings(out)["mean"]
+    loop = np.zeros_like(batched)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for i, rec in enumerate(records):
+            ids = torch.from_numpy(tok.encode(rec.seq, record=rec.id))[None].to(device)
+            loop[i] = model(ids)[0].mean(0).float().cpu().numpy()
+    t_loop, c_loop = time.perf_counter() - t0, time.process_time() - c0
+    diff = float(np.abs(batched - loop).max())
+    rows = [("one-at-a-time loop", t_loop, c_loop),
+            (f"bioseq embed engine (batch_tokens={batch_tokens})", t_batched, c_batched)]
+    print(f"\n### {len(records)} E. coli proteins ({n_res:,} residues), tiny Hyena (protein, random), "
+          f"device={device}, CPU threads={torch.get_num_threads()}, load avg {os.getloadavg()[0]:.1f}\n")
+    print("| method | wall s | sequences/s | residues/s | speedup (wall) | process CPU s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, t, c in rows:
+        print(f"| {name} | {t:.1f} | {len(records) / t:.1f} | {n_res / t:,.0f} | {t_loop / t:.2f}x "
+              f"| {c:.1f} |")
+    print(f"\nmax |batched - loop| over /mean: {diff:.2e}")
+    return {"n": len(records), "t_loop": t_loop, "t_batched": t_batched, "speedup": t_loop / t_batched,
+            "cpu_loop": c_loop, "cpu_batched": c_batched, "max_diff": diff}
+
+
+def bench_chromosome(extra: list[str]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "ecoli.h5"
+        cmd = [sys.executable, "-m", "bioseq.cli", "embed", "-m", "hyenadna-tiny-1k", str(GENOME),
+               "-o", str(out),
+               "--long", "chunk", "-q", *extra]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=REPO, check=True)
+        wall = time.perf_counter() - t0
+        rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        from bioseq.embed import read_embeddings
+
+        r = read_embeddings(out)
+    print("\n### E. coli K-12 chromosome, hyenadna-tiny-1k (random weights), --long chunk, mean pooling\n")
+    print("| records | length (bp) | windows of | overlap | wall (s) | bp/s | peak RSS (MB) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    m = r["metadata"]
+    print(f"| {len(r['ids'])} | {int(r['lengths'][0]):,} | {m['max_length']} | {m['overlap']} | {wall:.1f} "
+          f"| {int(r['lengths'][0]) / wall:,.0f} | {rss_mb:,.0f} |")
+    return {"wall": wall, "rss_mb": rss_mb, "length": int(r["lengths"][0])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=("proteins", "chromosome", "all"))
+    p.add_argument("--limit", type=int, default=None, help="proteins: only the first N")
+    p.add_argument("--batch-tokens", type=int, default=16384)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="proteins: cpu or cuda")
+    p.add_argument("extra", nargs="*", help="chromosome: extra `bioseq embed` arguments (after --)")
+    args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.what in ("proteins", "all"):
+        bench_proteins(args.limit, args.batch_tokens, args.device)
+    if args.what in ("chromosome", "all"):
+        extra = list(args.extra) + (["--threads", str(args.threads)] if args.threads else [])
+        bench_chromosome(extra)
+
+
+if __name__ == "__main__":
+    main()
