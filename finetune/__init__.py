@@ -1,1 +1,1 @@
-"""Fine-tuning: heads, the SequenceClassifier, soft prompts, in-context evaluation, probes and the suite runner."""
+"""Fine-tuning: heads, the SequenceClassifier, probes and the benchmark suite runner."""

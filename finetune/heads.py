@@ -1,0 +1,110 @@
+"""Pooling and prediction heads for sequence-level tasks on top of any backbone of the contract.
+
+Shapes: hidden ``[B, L, D]``, attention_mask ``Bool[B, L]`` (True = real token, right padding), pooled
+``[B, D]``, logits ``[B, num_outputs]``.
+
+Pooling modes (all ignore padding):
+  * ``mean``  -- average of the real tokens;
+  * ``max``   -- element-wise max over the real tokens;
+  * ``first`` -- the first token (a prepended [CLS] when the data adds one);
+  * ``last``  -- the last real token (for causal backbones such as HyenaDNA the only position that has
+    seen the whole sequence; the HyenaDNA finetuning recipe uses ``last``/``pool`` variants).
+
+RC-averaging ("post-hoc conjoining", Zhou et al. 2021; used by Caduceus): logits are averaged over the
+sequence and its reverse complement, so the prediction is strand-invariant by construction.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POOLING = ("mean", "max", "first", "last")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str = "mean") -> torch.Tensor:
+    """Pool ``hidden [B, L, D]`` over the real tokens of ``attention_mask [B, L]`` -> ``[B, D]``."""
+    if mode not in POOLING:
+        raise ValueError(f"unknown pooling '{mode}' (choose from {', '.join(POOLING)})")
+    B, L, _ = hidden.shape
+    if attention_mask is None:
+        attention_mask = torch.ones(B, L, dtype=torch.bool, device=hidden.device)
+    mask = attention_mask.to(torch.bool)
+    if mode == "first":
+        return hidden[:, 0]
+    if mode == "last":
+        last = mask.long().sum(1).clamp(min=1) - 1
+        return hidden[torch.arange(B, device=hidden.device), last]
+    if mode == "max":
+        neg = torch.finfo(hidden.dtype).min
+        return hidden.masked_fill(~mask[..., None], neg).amax(1)
+    m = mask[..., None].to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+class PredictionHead(nn.Module):
+    """Pool + (dropout) + linear, or a small MLP ``Linear(D, H) -> GELU -> Dropout -> Linear(H, out)``.
+
+    ``num_outputs`` = number of classes (classification) or targets (regression).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_outputs: int,
+        pooling: str = "mean",
+        head: str = "linear",
+        hidden_size: int | None = None,
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        if pooling not in POOLING:
+            raise ValueError(f"unknown pooling '{pooling}' (choose from {', '.join(POOLING)})")
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        if head == "linear":
+            self.net = nn.Linear(d_model, num_outputs)
+        elif head == "mlp":
+            hidden_size = hidden_size or d_model
+            self.net = nn.Sequential(
+                nn.Linear(d_model, hidden_size),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden_size, num_outputs),
+            )
+        else:
+            raise ValueError(f"unknown head '{head}' (choose linear or mlp)")
+
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(self.dropout(pool(hidden, attention_mask, self.pooling)))
+
+
+class SequenceModel(nn.Module):
+    """Backbone + head: ``(input_ids[B, L], attention_mask[B, L]) -> logits [B, num_outputs]``.
+
+    With ``rc_average=True`` (DNA only) the logits are the mean of the logits of each sequence and of its
+    reverse complement, made with ``tokenizer.reverse_complement_padded`` so each row is flipped within
+    its own length (padding stays on the right).
+    """
+
+    def __init__(self, backbone: nn.Module, head: PredictionHead, rc_average: bool = False, tokenizer=None):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.rc_average = rc_average
+        if rc_average and (tokenizer is None or not hasattr(tokenizer, "reverse_complement_padded")):
+            raise ValueError("rc_average needs a DNA tokenizer with reverse_complement_padded")
+        self.tokenizer = tokenizer
+
+    def _logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        hidden = self.backbone(input_ids, attention_mask=attention_mask)
+        return self.head(hidden, attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self._logits(input_ids, attention_mask)
+        if not self.rc_average:
+            return logits
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        rc_ids = self.tokenizer.reverse_complement_padded(input_ids, attention_mask)
+        return 0.5 * (logits + self._logits(rc_ids, attention_mask))
