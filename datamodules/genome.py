@@ -54,7 +54,7 @@ import numpy as np
 from bioseq.errors import BioseqError, locate
 from bioseq.fasta import FastaError, IndexedFasta, detect_compression, ensure_index
 from bioseq.tokenizers import DnaTokenizer
-from datamodules.collate import EpochDataLoader, LMCollator, ShardedIterable, check_positive
+from datamodules.collate import EpochDataLoader, ShardedIterable, check_positive, trainer_loader
 
 __all__ = ["GenomeDataModule", "GenomeWindows", "Regions", "NMap", "indexable_fasta", "read_bed"]
 
@@ -652,23 +652,8 @@ class GenomeDataModule(pl.LightningDataModule):
         return ds
 
     def _loader(self, ds: GenomeWindows, batch_size: int, train: bool) -> EpochDataLoader:
-        trainer = self.trainer
-        epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
-        progress_fn = None
-        if train and trainer is not None:
-
-            def progress_fn():
-                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-        return EpochDataLoader(
-            ds,
-            batch_size=batch_size,
-            num_workers=self.num_workers,
-            collate_fn=LMCollator(),
-            pin_memory=self.pin_memory,
-            epoch_fn=epoch_fn,
-            progress_fn=progress_fn,
-        )
+        return trainer_loader(ds, self.trainer, batch_size=batch_size, train=train,
+                              num_workers=self.num_workers, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> EpochDataLoader:
         seq_len, batch_size, max_items = self.max_length, self.batch_size, None

@@ -43,10 +43,10 @@ from bioseq.fasta import read_fasta
 from bioseq.tokenizers import ProteinTokenizer
 from datamodules.collate import (
     EpochDataLoader,
-    LMCollator,
     ShardedIterable,
     check_positive,
     hash_fraction,
+    trainer_loader,
     worker_info,
 )
 
@@ -429,23 +429,9 @@ class ProteinDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> EpochDataLoader:
         train = split == "train"
-        trainer = self.trainer
-        epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
-        progress_fn = None
-        if train and trainer is not None:
-
-            def progress_fn():
-                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-        return EpochDataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            num_workers=self.hparams.num_workers,
-            collate_fn=LMCollator(),
-            pin_memory=self.hparams.pin_memory,
-            epoch_fn=epoch_fn,
-            progress_fn=progress_fn,
-        )
+        return trainer_loader(self.dataset(split), self.trainer, train=train,
+                              batch_size=self.batch_size if train else self.eval_batch_size,
+                              num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory)
 
     def train_dataloader(self) -> EpochDataLoader:
         return self._loader("train")

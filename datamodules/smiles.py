@@ -40,7 +40,13 @@ import numpy as np
 
 from bioseq.errors import BioseqError, locate
 from bioseq.tokenizers import SmilesTokenizer, load_tokenizer
-from datamodules.collate import EpochDataLoader, LMCollator, ShardedIterable, check_positive, hash_fraction
+from datamodules.collate import (
+    EpochDataLoader,
+    ShardedIterable,
+    check_positive,
+    hash_fraction,
+    trainer_loader,
+)
 
 __all__ = ["SmilesDataModule", "SmilesExamples", "read_smiles"]
 
@@ -339,23 +345,9 @@ class SmilesDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str) -> EpochDataLoader:
         train = split == "train"
-        trainer = self.trainer
-        epoch_fn = (lambda: trainer.current_epoch) if trainer is not None else None
-        progress_fn = None
-        if train and trainer is not None:
-
-            def progress_fn():
-                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
-
-        return EpochDataLoader(
-            self.dataset(split),
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            num_workers=self.hparams.num_workers,
-            collate_fn=LMCollator(),
-            pin_memory=self.hparams.pin_memory,
-            epoch_fn=epoch_fn,
-            progress_fn=progress_fn,
-        )
+        return trainer_loader(self.dataset(split), self.trainer, train=train,
+                              batch_size=self.batch_size if train else self.eval_batch_size,
+                              num_workers=self.hparams.num_workers, pin_memory=self.hparams.pin_memory)
 
     def train_dataloader(self) -> EpochDataLoader:
         return self._loader("train")
