@@ -10,31 +10,22 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from bioseq.ops.causal_conv1d import causal_conv1d, causal_conv1d_backend, causal_conv1d_ref
+from tests.ops.kernel_env import (
+    DEVICE,
+    DTYPE_IDS,
+    KERNEL_DTYPES,
+    KERNELS_HERE,
+    REPO,
+    needs_kernels,
+    run_kernel_tests_in_fresh_process,
+    tl,
+)
 
-from bioseq.ops.causal_conv1d import causal_conv1d, causal_conv1d_backend, causal_conv1d_ref  # noqa: E402
-
-try:
-    import triton.language as tl
-    from triton.runtime.interpreter import InterpretedFunction
-except ImportError:  # triton is in the [dev] and [gpu] extras
-    tl = None
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNELS_HERE = tl is not None and (DEVICE == "cuda" or isinstance(tl.zeros, InterpretedFunction))
-needs_kernels = pytest.mark.skipif(
-    not KERNELS_HERE,
-    reason="no triton, or triton was imported without TRITON_INTERPRET in this process "
-           "(test_kernels_run_in_fresh_process runs these tests)")
-REPO = Path(__file__).resolve().parents[2]
-# bf16 only on a GPU: the interpreter's bf16 is wrong. fp32 on a GPU uses tf32x3 dots: looser tolerance.
-DTYPE_IDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
-KERNEL_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
 TOL = {torch.float32: 2e-6 if DEVICE == "cpu" else 1e-5, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
 
@@ -101,11 +92,7 @@ def kernels():
 @pytest.mark.skipif(tl is None or KERNELS_HERE, reason="kernel tests ran in this process (or no triton)")
 def test_kernels_run_in_fresh_process():
     """Triton was imported here without the interpreter: run this file's kernel tests in a subprocess."""
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", str(Path(__file__)), "-k", "test_kernel_"]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout and " skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-1000:]
+    run_kernel_tests_in_fresh_process(__file__)
 
 
 CASES = [  # (B, D, L, K, bias, activation)
