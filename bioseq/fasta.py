@@ -459,7 +459,8 @@ def read_fasta(path: str | os.PathLike, *, allow_duplicates: bool = False, alpha
 # the index
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """bioseq's cache directory: $BIOSEQ_CACHE, else $XDG_CACHE_HOME/bioseq or ~/.cache/bioseq."""
     if os.environ.get("BIOSEQ_CACHE"):
         return Path(os.environ["BIOSEQ_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -487,7 +488,7 @@ def _is_fresh(index: Path, fasta: Path) -> bool:
 def _cache_dir_for(path: Path) -> Path:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:20]
-    return _cache_root() / "fai" / key
+    return cache_root() / "fai" / key
 
 
 def _index_paths(path: Path, compression: str) -> tuple[Path, Path | None, bool]:

@@ -52,7 +52,7 @@ import lightning.pytorch as pl
 import numpy as np
 
 from bioseq.errors import BioseqError, locate
-from bioseq.fasta import FastaError, IndexedFasta, detect_compression, ensure_index
+from bioseq.fasta import FastaError, IndexedFasta, cache_root, detect_compression, ensure_index
 from bioseq.tokenizers import DnaTokenizer
 from datamodules.collate import EpochDataLoader, ShardedIterable, check_positive, trainer_loader
 
@@ -75,18 +75,11 @@ _NOT_ACGT = bytes(0 if chr(b) in "ACGTacgt" else 1 for b in range(256))
 # ----------------------------------------------------------------------------------------------- files
 
 
-def _cache_root() -> Path:
-    if os.environ.get("BIOSEQ_CACHE"):
-        return Path(os.environ["BIOSEQ_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "bioseq"
-
-
 def _decompressed_path(path: Path) -> Path:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode()).hexdigest()[:20]
     name = path.name[:-3] if path.name.lower().endswith(".gz") else path.name + ".fa"
-    return _cache_root() / "decompressed" / key / name
+    return cache_root() / "decompressed" / key / name
 
 
 def indexable_fasta(path: str | os.PathLike, *, create: bool = True) -> Path:

@@ -44,3 +44,12 @@ def run_kernel_tests_in_fresh_process(test_file: str) -> None:
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and " skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-1000:]
+
+
+def compile_for_sm90(script: str) -> None:
+    """Run ``script`` (which compiles, not runs, kernels for sm_90 and prints "compiled") in a fresh
+    process with the interpreter off: catches type and layout errors the interpreter does not."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]

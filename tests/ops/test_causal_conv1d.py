@@ -7,10 +7,6 @@ see tests/ops/test_fftconv.py for why a fresh process is used when triton was im
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
@@ -20,7 +16,7 @@ from tests.ops.kernel_env import (
     DTYPE_IDS,
     KERNEL_DTYPES,
     KERNELS_HERE,
-    REPO,
+    compile_for_sm90,
     needs_kernels,
     run_kernel_tests_in_fresh_process,
     tl,
@@ -231,7 +227,4 @@ print("compiled")
 def test_kernels_compile_for_sm90():
     """Compile (not run) the kernels for an H100/H200 with Triton's bundled ptxas: catches the type and
     layout errors that the interpreter does not. Fresh process, interpreter off."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", AOT_CHECK], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
+    compile_for_sm90(AOT_CHECK)
