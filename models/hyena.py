@@ -48,7 +48,7 @@ from torch.utils.checkpoint import checkpoint
 from bioseq import checkpoints as ckpt
 from bioseq.errors import BioseqError
 from bioseq.ops.causal_conv1d import causal_conv1d
-from bioseq.ops.fftconv import fftconv
+from bioseq.ops.fftconv import fftconv, fftconv_backend, filter_spectrum
 
 # --------------------------------------------------------------------------------------------------
 # Config
@@ -285,20 +285,32 @@ class HyenaFilter(nn.Module):
     def _stamp(self) -> tuple:
         return tuple((p.data_ptr(), p._version) for p in [*self.parameters(), *self.buffers()])
 
-    def forward(self, L: int) -> torch.Tensor:
-        cacheable = self.cache_enabled and not self.training and not (
+    def _cacheable(self) -> bool:
+        return self.cache_enabled and not self.training and not (
             torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
-        if not cacheable:
-            return self.compute(L)
+
+    def _cached(self, what: str, L: int, make):
         stamp = self._stamp()
         if stamp != self._cache_stamp:
             self._cache, self._cache_stamp = {}, stamp
-        key = (L, self.linears[0].weight.dtype, self.z.device, torch.is_inference_mode_enabled())
+        key = (what, L, self.linears[0].weight.dtype, self.z.device, torch.is_inference_mode_enabled())
         if key not in self._cache:
-            if len(self._cache) >= 4:                                   # a few lengths at most
+            if len(self._cache) >= 8:                                   # a few lengths at most
                 self._cache.pop(next(iter(self._cache)))
-            self._cache[key] = self.compute(L)
+            self._cache[key] = make()
         return self._cache[key]
+
+    def forward(self, L: int) -> torch.Tensor:
+        if not self._cacheable():
+            return self.compute(L)
+        return self._cached("k", L, lambda: self.compute(L))
+
+    def spectrum(self, L: int) -> torch.Tensor | None:
+        """``filter_spectrum(self(L), L)`` [channels, n // 2 + 1] from the eval-mode cache; None when the
+        filter is not cacheable (training, grads enabled, cache off), so callers fall back to k."""
+        if not self._cacheable():
+            return None
+        return self._cached("k_f", L, lambda: filter_spectrum(self.forward(L), L))
 
     def clear_cache(self) -> None:
         self._cache, self._cache_stamp = {}, ()
@@ -338,9 +350,10 @@ class HyenaOperator(nn.Module):
         *xs, v = z.split(D, dim=1)                                       # x0..x_{N-1}, v: [B, D, L]
         k = self.filter_fn(L).view(self.order - 1, D, L)                 # [N-1, D, L]
         bias = self.filter_fn.bias.view(self.order - 1, D)
+        k_f = self.filter_fn.spectrum(L) if fftconv_backend(v, k[0]) == "ref" else None
         for i, x_i in enumerate(reversed(xs[1:])):
             v = self.dropout(v * x_i)
-            v = fftconv(v, k[i], bias[i])
+            v = fftconv(v, k[i], bias[i], None if k_f is None else k_f.view(self.order - 1, D, -1)[i])
         y = (v * xs[0]).transpose(1, 2)                                  # [B, L, D]
         return self.out_proj(y)
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
 from bioseq.checkpoints import convert_hyena_official
 from bioseq.errors import BioseqError
+from bioseq.ops.fftconv import filter_spectrum
 from models import build_backbone, load_backbone
 from models.hyena import PRESETS, HyenaConfig, HyenaDNA
 from tests.conftest import shared_path
@@ -160,9 +162,17 @@ def test_filter_cache_reused_and_invalidated_by_weight_edits():
         y0 = model(ids)
         k0 = filt(40)
         assert filt(40) is k0  # cached
+        kf0 = filt.spectrum(40)  # the filter's FFT is cached beside it and matches a fresh one
+        assert filt.spectrum(40) is kf0 and torch.allclose(kf0, filter_spectrum(k0, 40))
+        uncached = tiny().eval()
+        uncached.load_state_dict(model.state_dict())
+        uncached.enable_filter_cache(False)
+        assert uncached.layers[0].mixer.filter_fn.spectrum(40) is None
+        torch.testing.assert_close(uncached(ids), y0, rtol=1e-6, atol=1e-6)
         filt.linears[0].weight.add_(0.05)  # in-place weight edit: version counter changes
         k1 = filt(40)
         assert k1 is not k0 and torch.allclose(k1, filt.compute(40))
+        assert torch.allclose(filt.spectrum(40), filter_spectrum(k1, 40))
         y1 = model(ids)
     assert not torch.allclose(y0, y1)
     # load_state_dict (copy_ under no_grad) invalidates too
@@ -245,3 +255,16 @@ def test_mlp_recomputed_gelu_gradients():
     shapes = ((2, 3, 6), (4, 6), (4,))
     args = [torch.randn(*s, dtype=torch.float64, generator=g).requires_grad_() for s in shapes]
     assert torch.autograd.gradcheck(_GeluLinear.apply, args, fast_mode=True)
+
+
+def test_benchmark_script_tiny_run(capsys):
+    """benchmarks/hyena.py end to end at a tiny length (each row in its own process)."""
+    import runpy
+
+    main = runpy.run_path(str(Path(__file__).resolve().parents[2] / "benchmarks" / "hyena.py"))["main"]
+    assert main(["--lengths", "33", "--repeats", "1", "--threads", "1", "--malloc", "steady"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("    33")]
+    assert [r[1:4] for r in rows] == [["bioseq", "fwd", "cache"], ["bioseq", "fwd", "no-cache"],
+                                     ["bioseq", "fwd+bwd", "-"]]
+    assert all(float(r[4]) > 0 and float(r[8]) > 0 for r in rows)  # times and peak RSS were measured

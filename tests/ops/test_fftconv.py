@@ -22,6 +22,8 @@ from bioseq.ops.fftconv import (
     fftconv,
     fftconv_backend,
     fftconv_ref,
+    fftconv_spectral,
+    filter_spectrum,
     max_direct_taps,
 )
 from tests.ops.kernel_env import (
@@ -91,13 +93,70 @@ def test_ref_half_precision_computes_in_float32():
     assert rel_err(y16.float().numpy(), truth) < 1e-3
 
 
-@pytest.mark.parametrize("B,D,L,Lk", [(1, 2, 5, 5), (2, 1, 9, 4), (2, 1, 1, 3)],
+@pytest.mark.parametrize("fn", [fftconv_ref, fftconv_spectral], ids=["ref", "spectral"])
+@pytest.mark.parametrize("B,D,L,Lk", [(1, 2, 5, 5), (2, 1, 9, 4), (2, 1, 1, 3), (3, 2, 7, 12)],
                          ids=lambda v: str(v))
-def test_ref_gradcheck_float64(B, D, L, Lk):
+def test_gradcheck_float64(fn, B, D, L, Lk):
+    """Both FFT paths: autograd through torch.fft (ref) and the hand-written backward (spectral)."""
     u = torch.randn(B, D, L, dtype=torch.float64, requires_grad=True)
     k = torch.randn(D, Lk, dtype=torch.float64, requires_grad=True)
     bias = torch.randn(D, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(fftconv_ref, (u, k, bias))
+    assert torch.autograd.gradcheck(fn, (u, k, bias))
+    assert torch.autograd.gradcheck(lambda u, k: fn(u, k), (u, k))
+
+
+# ---------------------------------------------------------------- spectral path (hand-written backward)
+
+@pytest.mark.parametrize("L", [1, 7, 1000, 4097])
+def test_spectral_matches_ref_values_and_grads(L):
+    """Outputs and the three gradients equal the autograd-through-FFT spec (fp32) at odd, long L."""
+    g = torch.Generator().manual_seed(L)
+    u = torch.randn(2, 3, L, generator=g, requires_grad=True)
+    k = torch.randn(3, L, generator=g, requires_grad=True)
+    bias = torch.randn(3, generator=g, requires_grad=True)
+    dy = torch.randn(2, 3, L, generator=g)
+    outs = []
+    for fn in (fftconv_ref, fftconv_spectral):
+        y = fn(u, k, bias)
+        grads = torch.autograd.grad(y, (u, k, bias), dy)
+        outs.append((y, *grads))
+    for a, b in zip(*outs):
+        assert max_rel(a, b) < 1e-5
+    truth = direct_float64(u.detach(), k.detach(), bias.detach())
+    assert max_rel(outs[1][0], torch.from_numpy(truth).float()) < 1e-5
+
+
+def test_spectral_precomputed_filter_spectrum_and_half_inputs():
+    u, k, bias = torch.randn(2, 4, 300), torch.randn(4, 500), torch.randn(4)
+    k_f = filter_spectrum(k, 300)                       # taps beyond L are dropped, as in fftconv
+    want = fftconv_ref(u, k, bias)
+    torch.testing.assert_close(fftconv_spectral(u, k, bias, k_f), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fftconv(u, k, bias, k_f), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="k_f"):
+        fftconv_spectral(u, k, bias, filter_spectrum(k, 200))
+    uh = u.bfloat16().requires_grad_()
+    y = fftconv_spectral(uh, k.bfloat16(), bias.bfloat16())
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert uh.grad.dtype == torch.bfloat16
+
+
+def test_spectral_keeps_less_for_backward():
+    """The graph holds u and the filter spectrum, not u's [B, D, n/2+1] complex spectrum."""
+    u = torch.randn(4, 8, 1024, requires_grad=True)
+    k = torch.randn(8, 1024, requires_grad=True)
+
+    def saved_bytes(fn):
+        sizes = []
+        def pack(t):
+            sizes.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn(u * 1.0, k * 1.0, None).sum()
+        return sum(sizes)
+
+    assert saved_bytes(fftconv_spectral) < 0.5 * saved_bytes(fftconv_ref)
 
 
 def test_fast_fft_size_is_smallest_5_smooth():
@@ -234,7 +293,7 @@ def test_dispatch_cpu_uses_ref(monkeypatch):
     monkeypatch.delenv("BIOSEQ_OPS", raising=False)
     u, k = torch.randn(1, 2, 16), torch.randn(2, 16)
     assert fftconv_backend(u, k) == "ref"
-    torch.testing.assert_close(fftconv(u, k), fftconv_ref(u, k), rtol=0, atol=0)
+    torch.testing.assert_close(fftconv(u, k), fftconv_spectral(u, k), rtol=0, atol=0)
 
 
 def test_dispatch_ref_env_beats_cuda(monkeypatch):

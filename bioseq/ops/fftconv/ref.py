@@ -46,3 +46,83 @@ def fftconv_ref(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = No
     if bias is not None:
         y = torch.addcmul(y, u.to(work), bias.to(work).unsqueeze(-1))  # one temporary instead of two
     return y.to(u.dtype)
+
+
+def filter_spectrum(k: torch.Tensor, L: int) -> torch.Tensor:
+    """``rfft`` of the first L taps of k [..., Lk] at the FFT size ``fftconv_spectral`` uses for length L.
+
+    Returns a complex tensor [..., n // 2 + 1] (complex64, or complex128 for float64 k). Precompute it
+    once for a fixed filter (e.g. Hyena's implicit filter in eval mode) and pass it as ``k_f``.
+    """
+    k = k[..., :L]
+    work = torch.float64 if k.dtype == torch.float64 else torch.float32
+    return torch.fft.rfft(k.to(work), n=fast_fft_size(L + k.shape[-1] - 1))
+
+
+class _SpectralConv(torch.autograd.Function):
+    """``fftconv_ref`` with a hand-written backward (see ``fftconv_spectral``)."""
+
+    @staticmethod
+    def forward(ctx, u, k, bias, k_f):
+        L, Lk = u.shape[-1], k.shape[-1]
+        work = torch.float64 if u.dtype == torch.float64 else torch.float32
+        n = fast_fft_size(L + Lk - 1)
+        if k_f is None:
+            k_f = torch.fft.rfft(k.to(work), n=n)
+        uw = u.to(work)
+        u_f = torch.fft.rfft(uw, n=n)
+        u_f *= k_f                                                       # in place: one buffer fewer
+        y = torch.fft.irfft(u_f, n=n)[..., :L]
+        del u_f
+        # addcmul (or contiguous) leaves y compact rather than a view into the [B, D, n] FFT buffer.
+        y = torch.addcmul(y, uw, bias.to(work).unsqueeze(-1)) if bias is not None else y.contiguous()
+        ctx.save_for_backward(u, k_f, bias)
+        ctx.shapes = (n, Lk, k.dtype, work)
+        return y.to(u.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, k_f, bias = ctx.saved_tensors
+        n, Lk, k_dtype, work = ctx.shapes
+        L = u.shape[-1]
+        g = grad_y.to(work)
+        g_f = torch.fft.rfft(g, n=n)                                     # [B, D, n/2+1]
+        grad_u = grad_k = grad_bias = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            uw = u.to(work)
+            if ctx.needs_input_grad[1]:
+                # dy[t]/dk[j] = u[t - j]: sum over the batch in frequency space, one inverse FFT per channel.
+                cross = torch.fft.rfft(uw, n=n)
+                torch.mul(g_f, cross.conj(), out=cross)                  # g_f * conj(u_f), in place
+                if cross.dim() == 3:
+                    cross = cross.sum(0)
+                grad_k = torch.fft.irfft(cross, n=n)[..., :Lk].to(k_dtype)
+                del cross
+            if bias is not None and ctx.needs_input_grad[2]:
+                grad_bias = (g * uw).sum(dim=(0, 2)).to(bias.dtype)
+        if ctx.needs_input_grad[0]:
+            # dy[t]/du[s] = k[t - s]: a correlation with k, i.e. a product with conj(k_f).
+            g_f *= k_f.conj()
+            grad_u = torch.fft.irfft(g_f, n=n)[..., :L]
+            grad_u = (torch.addcmul(grad_u, g, bias.to(work).unsqueeze(-1)) if bias is not None
+                      else grad_u.contiguous())
+            grad_u = grad_u.to(u.dtype)
+        return grad_u, grad_k, grad_bias, None
+
+
+def fftconv_spectral(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None,
+                     k_f: torch.Tensor | None = None) -> torch.Tensor:
+    """``fftconv_ref``'s result with a cheaper backward; the CPU / non-kernel path of ``fftconv``.
+
+    Same arguments and output as ``fftconv_ref`` (u [B, D, L], k [D, Lk], bias [D] or None), plus an
+    optional precomputed ``k_f = filter_spectrum(k, L)`` to skip the filter FFT. Autograd through the
+    FFTs keeps the input spectrum (twice u's size) and differentiates ``rfft`` with a full complex FFT;
+    this backward keeps only u and the filter spectrum, recomputes u's spectrum, and needs three real
+    FFTs over [B, D] plus one inverse over [D] (the batch summed in frequency space) for the filter
+    gradient. Gradients of k_f itself are not propagated: pass it only for a filter without grad.
+    """
+    L = u.shape[-1]
+    k = k[..., :L]
+    if k_f is not None and k_f.shape[-1] != fast_fft_size(L + k.shape[-1] - 1) // 2 + 1:
+        raise ValueError(f"fftconv: k_f has {k_f.shape[-1]} frequencies; expected filter_spectrum(k, {L})")
+    return _SpectralConv.apply(u, k, bias, k_f)
