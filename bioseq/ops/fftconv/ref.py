@@ -26,6 +26,11 @@ def fast_fft_size(n: int) -> int:
     return best
 
 
+def _work_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 stays float64; everything else (fp32, fp16, bf16) is computed in float32."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
 def fftconv_ref(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Causal long convolution.
 
@@ -38,7 +43,7 @@ def fftconv_ref(u: torch.Tensor, k: torch.Tensor, bias: torch.Tensor | None = No
     """
     L = u.shape[-1]
     k = k[..., :L]
-    work = torch.float64 if u.dtype == torch.float64 else torch.float32
+    work = _work_dtype(u)
     n = fast_fft_size(L + k.shape[-1] - 1)
     uf = torch.fft.rfft(u.to(work), n=n)
     kf = torch.fft.rfft(k.to(work), n=n)
@@ -55,8 +60,7 @@ def filter_spectrum(k: torch.Tensor, L: int) -> torch.Tensor:
     once for a fixed filter (e.g. Hyena's implicit filter in eval mode) and pass it as ``k_f``.
     """
     k = k[..., :L]
-    work = torch.float64 if k.dtype == torch.float64 else torch.float32
-    return torch.fft.rfft(k.to(work), n=fast_fft_size(L + k.shape[-1] - 1))
+    return torch.fft.rfft(k.to(_work_dtype(k)), n=fast_fft_size(L + k.shape[-1] - 1))
 
 
 class _SpectralConv(torch.autograd.Function):
@@ -65,10 +69,10 @@ class _SpectralConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, k, bias, k_f):
         L, Lk = u.shape[-1], k.shape[-1]
-        work = torch.float64 if u.dtype == torch.float64 else torch.float32
+        work = _work_dtype(u)
         n = fast_fft_size(L + Lk - 1)
         if k_f is None:
-            k_f = torch.fft.rfft(k.to(work), n=n)
+            k_f = filter_spectrum(k.to(work), L)
         uw = u.to(work)
         u_f = torch.fft.rfft(uw, n=n)
         u_f *= k_f                                                       # in place: one buffer fewer
