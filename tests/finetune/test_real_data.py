@@ -54,10 +54,11 @@ def test_pretrain_then_finetune_pipeline_runs(tmp_path):
     mod = _script()
     args = argparse.Namespace(
         threads=1, batch_size=16, rc_augment=0.5, d_model=16, n_layer=1, d_inner=32, dropout=0.0,
-        pooling="mean", lr=2e-3, weight_decay=0.1, rc_average=True, epochs=1, minutes=1.0,
+        pooling="mean", select="loss", lr=2e-3, weight_decay=0.1, rc_average=True, epochs=1, minutes=1.0,
         pretrain_minutes=0.02, pretrain_lr=3e-3, out=str(tmp_path / "run"),
     )
     res = mod.hyena_run(tmp_path / "train.tsv", tmp_path / "test.tsv", 48, args)
     assert res["pretrain"]["steps"] > 0 and res["pretrain"]["tokens"] > 0
     assert np.isfinite(res["pretrain"]["final_train_ppl"]) and res["pretrain"]["final_train_ppl"] < 16
     assert res["epochs_done"] == 1 and 0.0 <= res["test_accuracy"] <= 1.0
+    assert res["best_epoch"] == 0 and res["selected_on"] == "val/loss" and res["best_val_loss"] > 0

@@ -303,7 +303,7 @@ def test_ddp_validation_perplexity_matches_single_process(tmp_path):
     model = tiny_hyena()
 
     def data():
-        return GenomeDataModule(fasta=str(fasta), max_length=128, batch_size=4, val_fraction=0.2,
+        return GenomeDataModule(fasta=str(fasta), max_length=64, batch_size=4, val_fraction=0.2,
                                 add_eos=True)
 
     one = trainer(tmp_path).validate(model, datamodule=data(), verbose=False)[0]
