@@ -1,17 +1,20 @@
 """Speed of the fused ops: Triton kernel vs the pure-torch reference (fftconv, causal_conv1d).
 
-    python benchmarks/ops.py                     # GPU: B=8, D=256, L = 1k .. 256k; CPU: ref only, small sizes
+    python benchmarks/ops.py                     # GPU: B=8, D=256, L = 1k .. 256k; CPU: small sizes
+    python benchmarks/ops.py --op causal_conv1d --channels 384 --taps 3 --transposed   # Hyena's short conv
     python benchmarks/ops.py --dtype bf16 --op fftconv --lengths 1024,4096,32768
 
 On CUDA it times, per length, ``fwd`` (forward) and ``fwd+bwd`` (forward + backward of a fixed random
-upstream gradient, all inputs requiring grad) for both implementations, with CUDA events: median of
-``--repeats`` runs after ``--warmup`` runs (the first call also compiles the kernel). It prints the
-milliseconds, the kernel's speed-up over ref, the peak CUDA memory of the fwd+bwd run and, for
-fftconv, the memory-bound floor of the reference (~96 bytes per element of u, see RESULTS.md) at
-``--bandwidth`` TB/s. The fftconv kernel is a direct O(L * Lk) convolution: it is skipped above
-``--kernel-max-len`` (default 65536) where the FFT path wins by orders of magnitude.
+upstream gradient, all inputs requiring grad) for every implementation (the spec ``ref``, the torch
+fast paths ``spectral`` / ``shifted`` that run where the kernel does not, and the Triton ``kernel``),
+with CUDA events: median of ``--repeats`` runs after ``--warmup`` runs (the first call also compiles
+the kernel). It prints the milliseconds, each one's speed-up over ref, the peak CUDA memory of the
+fwd+bwd run and, for fftconv, the memory-bound floor of the reference (~96 bytes per element of u,
+see RESULTS.md) at ``--bandwidth`` TB/s. The fftconv kernel is a direct O(L * Lk) convolution: it is
+skipped above ``--kernel-max-len`` (default 65536) where the FFT path wins by orders of magnitude.
 
-Without CUDA it says so and times the reference only, at small sizes (B=2, D=16, L = 1k .. 16k).
+Without CUDA it says so and times the torch implementations only, at small sizes (B=2, D=16,
+L = 1k .. 16k).
 """
 
 from __future__ import annotations
@@ -94,27 +97,37 @@ def _fmt(x: float) -> str:
 
 
 def _cells(L, res, floor_ms, gpu: bool):
-    """One table row: ref and kernel fwd / fwd+bwd ms (+ speed-ups, peak MB and the floor on GPU)."""
+    """One table row: per implementation fwd and fwd+bwd ms with the speed-up over ``ref`` (+ peak MB
+    of fwd+bwd and the floor on GPU). ``res`` maps name -> (fwd ms, fwd+bwd ms, peak MB), ref first."""
     ref = res["ref"]
-    if not gpu:
-        return [L, _fmt(ref[0]), _fmt(ref[1])]
-    kern = res.get("kernel", (float("nan"),) * 3)
-    return [L, _fmt(ref[0]), _fmt(kern[0]), _fmt(ref[0] / kern[0]), _fmt(ref[1]), _fmt(kern[1]),
-            _fmt(ref[1] / kern[1]), _fmt(ref[2]), _fmt(kern[2]), _fmt(floor_ms)]
+    cells = [L]
+    for part in (0, 1):
+        for name, r in res.items():
+            cells.append(_fmt(r[part]))
+            if name != "ref":
+                cells.append(_fmt(ref[part] / r[part]))
+    if gpu:
+        cells += [_fmt(r[2]) for r in res.values()] + [_fmt(floor_ms)]
+    return cells
 
 
-def _header(gpu: bool, floor: str):
-    if not gpu:
-        return ["L", "ref fwd ms", "ref f+b ms"]
-    return ["L", "ref fwd ms", "kernel fwd ms", "speed-up", "ref f+b ms", "kernel f+b ms", "speed-up",
-            "ref peak MB", "kernel peak MB", floor]
+def _header(names, gpu: bool, floor: str):
+    cols = ["L"]
+    for part in ("fwd ms", "f+b ms"):
+        for name in names:
+            cols.append(f"{name} {part}")
+            if name != "ref":
+                cols.append("speed-up")
+    if gpu:
+        cols += [f"{name} peak MB" for name in names] + [floor]
+    return cols
 
 
 def bench_fftconv(args, device, dtype, lengths):
     """Table for fftconv: u [B, D, L] in dtype, k [D, L] fp32, bias [D] fp32."""
-    from bioseq.ops.fftconv import fftconv_ref
+    from bioseq.ops.fftconv import fftconv_ref, fftconv_spectral
 
-    impls = {"ref": fftconv_ref}
+    impls = {"ref": fftconv_ref, "spectral": fftconv_spectral}
     if device == "cuda":
         from bioseq.ops.fftconv.triton import fftconv_triton
 
@@ -137,15 +150,15 @@ def bench_fftconv(args, device, dtype, lengths):
         del u, k, bias, gy
         if device == "cuda":
             torch.cuda.empty_cache()
-    header = _header(device == "cuda", "ref floor fwd ms")
+    header = _header(list(impls), device == "cuda", "ref floor fwd ms")
     _print_table(f"fftconv  B={B} D={D} u {args.dtype}, k/bias fp32  ({device})", header, rows)
 
 
 def bench_causal_conv1d(args, device, dtype, lengths):
     """Table for causal_conv1d: x [B, D, L] in dtype, weight [D, K] fp32, bias fp32, SiLU."""
-    from bioseq.ops.causal_conv1d import causal_conv1d_ref
+    from bioseq.ops.causal_conv1d import causal_conv1d_ref, causal_conv1d_shifted
 
-    impls = {"ref": causal_conv1d_ref}
+    impls = {"ref": causal_conv1d_ref, "shifted": causal_conv1d_shifted}
     if device == "cuda":
         from bioseq.ops.causal_conv1d.triton import causal_conv1d_triton
 
@@ -153,7 +166,8 @@ def bench_causal_conv1d(args, device, dtype, lengths):
     B, D, K = args.batch, args.channels, args.taps
     rows = []
     for L in lengths:
-        x = torch.randn(B, D, L, device=device, dtype=dtype, requires_grad=True)
+        x = (torch.randn(B, L, D, device=device, dtype=dtype).transpose(1, 2) if args.transposed
+             else torch.randn(B, D, L, device=device, dtype=dtype)).requires_grad_()
         w = torch.randn(D, K, device=device, requires_grad=True)
         bias = torch.randn(D, device=device, requires_grad=True)
         gy = torch.randn(B, D, L, device=device, dtype=dtype)
@@ -164,8 +178,9 @@ def bench_causal_conv1d(args, device, dtype, lengths):
         del x, w, bias, gy
         if device == "cuda":
             torch.cuda.empty_cache()
-    header = _header(device == "cuda", "floor fwd ms")
-    _print_table(f"causal_conv1d  B={B} D={D} K={K} SiLU x {args.dtype}  ({device})", header, rows)
+    header = _header(list(impls), device == "cuda", "floor fwd ms")
+    layout = "[B, L, D] seen as [B, D, L]" if args.transposed else "[B, D, L]"
+    _print_table(f"causal_conv1d  B={B} D={D} K={K} SiLU x {args.dtype} {layout}  ({device})", header, rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, help="B (default: GPU 8, CPU 2)")
     parser.add_argument("--channels", type=int, help="D (default: GPU 256, CPU 16)")
     parser.add_argument("--taps", type=int, default=4, help="K of causal_conv1d")
+    parser.add_argument("--transposed", action="store_true",
+                        help="causal_conv1d: x is a [B, L, D] tensor seen as [B, D, L] (the models' layout)")
     parser.add_argument("--kernel-max-len", type=int, default=65536,
                         help="skip the O(L^2) fftconv kernel above this L")
     parser.add_argument("--bandwidth", type=float, default=4.8, help="HBM TB/s for the floor column (H200)")
@@ -190,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         args.batch = args.batch or 8
         args.channels = args.channels or 256
     else:
-        print("No GPU (CUDA not available): timing the reference path only, on CPU, at small sizes; "
+        print("No GPU (CUDA not available): timing the torch implementations only, on CPU, at small sizes; "
               "the Triton kernels need a GPU (their CPU interpreter is for tests, not timing).")
         default_lengths = [1024 * 2**i for i in range(5)]  # 1k .. 16k
         args.batch = args.batch or 2

@@ -1,5 +1,5 @@
-"""causal_conv1d: ref vs an explicit float64 loop, the Triton kernel vs ref (outputs, dx, dweight, dbias),
-and the dispatcher.
+"""causal_conv1d: ref vs an explicit float64 loop, the shifted multiply-add path and the Triton kernel vs
+ref (outputs, dx, dweight, dbias), and the dispatcher.
 
 Kernel tests (``test_kernel_*``) run on CUDA when there is a GPU, else under Triton's interpreter on CPU;
 see tests/ops/test_fftconv.py for why a fresh process is used when triton was imported without it.
@@ -10,7 +10,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bioseq.ops.causal_conv1d import causal_conv1d, causal_conv1d_backend, causal_conv1d_ref
+from bioseq.ops.causal_conv1d import (
+    causal_conv1d,
+    causal_conv1d_backend,
+    causal_conv1d_ref,
+    causal_conv1d_shifted,
+)
 from tests.ops.kernel_env import (
     DEVICE,
     DTYPE_IDS,
@@ -51,16 +56,22 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ---------------------------------------------------------------- ref (the spec)
 
+TORCH_IMPLS = {"ref": causal_conv1d_ref, "shifted": causal_conv1d_shifted}
+
+
 @pytest.mark.parametrize("activation", [None, "silu"], ids=["linear", "silu"])
 @pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("K", [1, 2, 3, 4], ids=lambda K: f"K{K}")
-def test_ref_matches_float64_loop(K, has_bias, activation):
+@pytest.mark.parametrize("K", [1, 2, 3, 4, 8], ids=lambda K: f"K{K}")
+@pytest.mark.parametrize("impl", list(TORCH_IMPLS))
+def test_torch_impls_match_float64_loop(impl, K, has_bias, activation):
+    """The spec (conv1d) and the CPU path (shifted multiply-adds) against explicit float64 loops."""
+    fn = TORCH_IMPLS[impl]
     x, w = torch.randn(2, 3, 9), torch.randn(3, K)
     bias = torch.randn(3) if has_bias else None
     truth = loop_float64(x, w, bias, activation)
-    y64 = causal_conv1d_ref(x.double(), w.double(), None if bias is None else bias.double(), activation)
+    y64 = fn(x.double(), w.double(), None if bias is None else bias.double(), activation)
     assert max_rel(y64, truth) < 1e-12
-    y32 = causal_conv1d_ref(x, w, bias, activation)
+    y32 = fn(x, w, bias, activation)
     assert y32.dtype == torch.float32 and max_rel(y32, truth) < 1e-6
 
 
@@ -74,6 +85,50 @@ def test_ref_length_one_and_filter_longer_than_input():
 def test_ref_rejects_unknown_activation():
     with pytest.raises(ValueError, match="activation"):
         causal_conv1d_ref(torch.randn(1, 2, 5), torch.randn(2, 3), None, "gelu")
+
+
+# ---------------------------------------------------------------- shifted multiply-adds (the CPU path)
+
+SHIFTED_CASES = [  # (B, D, L, K): odd lengths, L < K, L = 1
+    (2, 6, 1, 4), (1, 5, 2, 3), (2, 7, 33, 4), (3, 48, 33, 3), (1, 3, 100, 8), (2, 4, 5, 1),
+]
+
+
+@pytest.mark.parametrize("case", SHIFTED_CASES, ids=lambda c: "B{}-D{}-L{}-K{}".format(*c))
+def test_shifted_values_and_gradients_match_ref_on_transposed_views(case):
+    """The models' layout: x is a [B, L, D] activation seen as [B, D, L]; outputs and all gradients."""
+    B, D, L, K = case
+    x = torch.randn(B, L, D).transpose(1, 2).requires_grad_()
+    w = torch.randn(D, K, requires_grad=True)
+    bias = torch.randn(D, requires_grad=True)
+    y = causal_conv1d_shifted(x, w, bias, "silu")
+    y_ref = causal_conv1d_ref(x, w, bias, "silu")
+    assert y.shape == (B, D, L) and y.is_contiguous()
+    gy = torch.randn_like(y)
+    got = (y, *torch.autograd.grad(y, (x, w, bias), gy))
+    want = (y_ref, *torch.autograd.grad(y_ref, (x, w, bias), gy))
+    for name, a, b in zip(["y", "dx", "dweight", "dbias"], got, want):
+        assert max_rel(a, b) < 2e-6, (name, max_rel(a, b))
+
+
+def test_shifted_gradcheck_float64():
+    x = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b, c: causal_conv1d_shifted(a, b, c, "silu"), (x, w, bias))
+    assert torch.autograd.gradcheck(lambda a, b: causal_conv1d_shifted(a, b), (x, w))
+
+
+def test_shifted_half_precision_matches_float32():
+    x, w, bias = torch.randn(2, 5, 40), torch.randn(5, 4), torch.randn(5)
+    y = causal_conv1d_shifted(x.bfloat16(), w, bias, "silu")
+    assert y.dtype == torch.bfloat16
+    assert max_rel(y, causal_conv1d_ref(x.bfloat16(), w, bias, "silu")) < 1.5e-2
+
+
+def test_shifted_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        causal_conv1d_shifted(torch.randn(1, 2, 5), torch.randn(2, 3), None, "gelu")
 
 
 # ---------------------------------------------------------------- Triton kernel
@@ -186,11 +241,19 @@ def test_kernel_forced_by_env(monkeypatch, kernels):
 # ---------------------------------------------------------------- dispatch
 
 def test_dispatch_cpu_uses_ref(monkeypatch):
+    """On CPU: the shifted multiply-adds for K <= 8 (bit-identical to calling them), conv1d beyond."""
+    from bioseq.ops import causal_conv1d as pkg
+
     monkeypatch.delenv("BIOSEQ_OPS", raising=False)
     x, w = torch.randn(1, 2, 16), torch.randn(2, 3)
     assert causal_conv1d_backend(x, w) == "ref"
-    torch.testing.assert_close(causal_conv1d(x, w, None, "silu"), causal_conv1d_ref(x, w, None, "silu"),
+    torch.testing.assert_close(causal_conv1d(x, w, None, "silu"), causal_conv1d_shifted(x, w, None, "silu"),
                                rtol=0, atol=0)
+    calls = []
+    monkeypatch.setattr(pkg, "causal_conv1d_ref",
+                        lambda *a: calls.append(a[1].shape[-1]) or causal_conv1d_ref(*a))
+    y = causal_conv1d(x, torch.randn(2, 9), None, None)
+    assert calls == [9] and y.shape == (1, 2, 16)
 
 
 def test_dispatch_auto_on_gpu_picks_kernel_for_short_filters(monkeypatch):
