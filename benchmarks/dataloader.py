@@ -25,23 +25,17 @@ one worker delivers >= 10x the tokens/s that training consumes. Timings on a sha
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
-# `python benchmarks/dataloader.py` puts benchmarks/ first on sys.path, where benchmarks/tokenize.py would
-# shadow the standard library's `tokenize` (imported by numpy/torch via inspect): drop that entry.
-if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
-    sys.path.pop(0)
-
-import argparse  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 

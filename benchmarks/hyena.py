@@ -31,23 +31,17 @@ the models' own work. ``default`` leaves the allocator alone (what a plain ``pyt
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import os
+import resource
+import statistics
+import subprocess
 import sys
-
-# Run as a script, this folder is sys.path[0] and its other scripts (e.g. tokenize.py) would shadow
-# standard-library modules of the same name: take it off the path before anything else is imported.
-_HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
-
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import resource  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import types  # noqa: E402
-from pathlib import Path  # noqa: E402
+import time
+import types
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_OFFICIAL = {  # official config.json of hyenadna-tiny-1k-seqlen (l_max is set per run)

@@ -19,19 +19,12 @@ L = 1k .. 16k).
 
 from __future__ import annotations
 
-import os
+import argparse
+import statistics
 import sys
+import time
 
-# Run as a script, this folder is sys.path[0] and its other scripts (e.g. tokenize.py) would shadow
-# standard-library modules of the same name: take it off the path before anything else is imported.
-_HERE = os.path.dirname(os.path.realpath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
-import torch  # noqa: E402
+import torch
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 REF_BYTES_PER_ELEMENT = 96  # HBM bytes of the ref path's unfused fp32 passes per element of u (RESULTS.md)

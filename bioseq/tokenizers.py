@@ -14,7 +14,7 @@ gap-stripping / [UNK]-counting modes) use ``bytes.translate`` plus a memchr scan
 invalid-byte markers, then numpy widens to int64; long inputs are read as little-endian uint16
 pairs and gathered from the same table expanded to [65536, 2] int64 (one ``np.take`` per 256 KiB
 chunk, straight into the output, checked with a max while in cache). About 1.5 GB/s of DNA text on
-one core; see ``benchmarks/tokenize.py``. Lowercase (soft-masked repeats) is folded to uppercase.
+one core; see ``benchmarks/tokenizer_speed.py``. Lowercase (soft-masked repeats) is folded to uppercase.
 
 DNA handling of non-ACGTN letters (upper or lower case):
 

@@ -1,7 +1,7 @@
 """Tokenizer throughput on one CPU core: bioseq vs a per-character Python dict baseline.
 
-    python benchmarks/tokenize.py                 # 64 MB of random ACGTN text
-    python benchmarks/tokenize.py --mb 100 --baseline-mb 8
+    python benchmarks/tokenizer_speed.py                 # 64 MB of random ACGTN text
+    python benchmarks/tokenizer_speed.py --mb 100 --baseline-mb 8
 
 Prints a table in MB/s of input text (1 MB = 1e6 characters) and checks the DNA-encode goals
 (>= 200 MB/s and >= 50x the baseline measured in the same run) with PASS/FAIL lines; the exit
@@ -25,52 +25,23 @@ measures the other users; CPU time still varies with their memory traffic.
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import time
+from collections.abc import Callable
 
-_HERE = os.path.dirname(os.path.realpath(__file__))
+import numpy as np
+import torch
 
+from bioseq.tokenizers import (
+    DNA_IUPAC,
+    PROTEIN_EXTRA,
+    PROTEIN_STANDARD,
+    DnaTokenizer,
+    ProteinTokenizer,
+)
 
-def _standard_tokenize():
-    """The standard library's ``tokenize``, found on sys.path without this folder."""
-    import importlib.machinery
-    import importlib.util
-
-    path = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
-    spec = importlib.machinery.PathFinder.find_spec("tokenize", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["tokenize"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-if __name__ == "tokenize":
-    # Imported by accident as the standard library's ``tokenize`` (another script in this folder
-    # run with the folder first on sys.path): hand the importer the real module instead. The
-    # import system returns whatever sys.modules holds once this file has run.
-    _standard_tokenize()
-else:
-    # Run as a script, this folder comes first on sys.path and this file's name would shadow the
-    # standard library's ``tokenize`` (imported by numpy/torch through ``inspect``): drop it.
-    sys.path[:] = [p for p in sys.path if os.path.realpath(p or ".") != _HERE]
-
-    import argparse
-    import time
-    from collections.abc import Callable
-
-    import numpy as np
-    import torch
-
-    from bioseq.tokenizers import (
-        DNA_IUPAC,
-        PROTEIN_EXTRA,
-        PROTEIN_STANDARD,
-        DnaTokenizer,
-        ProteinTokenizer,
-    )
-
-    CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
-    clock = time.process_time
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+clock = time.process_time
 
 GOAL_MBS = 200.0
 GOAL_RATIO = 50.0
