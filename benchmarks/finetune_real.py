@@ -38,7 +38,7 @@ SEQ_DIR = SHARED / "data" / "genomic_benchmarks" / "sequences"
 
 def split_files(name: str, workdir: Path, seed: int = 0) -> tuple[Path, Path, int]:
     """80/20 stratified split of ``<name>/test.tsv.gz`` written as train.tsv / test.tsv."""
-    from datamodules.benchmarks import read_table, stratified_split
+    from datamodules.benchmark_files import read_table, stratified_split
 
     data = read_table(SEQ_DIR / name / "test.tsv.gz")
     keep, held = stratified_split(data.labels, 0.2, seed)
@@ -53,7 +53,7 @@ def split_files(name: str, workdir: Path, seed: int = 0) -> tuple[Path, Path, in
 
 
 def kmer_rows(train: Path, test: Path, ks=(4, 6)) -> dict[int, dict]:
-    from datamodules.benchmarks import read_table
+    from datamodules.benchmark_files import read_table
     from finetune.probe import fit_probe, kmer_features
 
     tr, te = read_table(train), read_table(test)

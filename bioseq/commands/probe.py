@@ -50,7 +50,7 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     from bioseq.errors import BioseqError
-    from datamodules.benchmarks import read_file, read_labels_file
+    from datamodules.benchmark_files import read_file, read_labels_file
     from finetune import probe
     from finetune.suite import write_results
 

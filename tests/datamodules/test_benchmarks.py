@@ -1,4 +1,5 @@
-"""Readers and DataModule of datamodules/benchmarks.py, on real files from ../shared where possible."""
+"""Readers (datamodules/benchmark_files.py) and DataModule (datamodules/benchmarks.py), on real files
+from ../shared where possible."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules import benchmarks as bm
-from datamodules.benchmarks import (
+from datamodules import benchmark_files as bm
+from datamodules.benchmark_files import (
     GENOMIC_BENCHMARKS,
     NT_TASKS,
     BenchmarkDataError,
-    SequenceClassificationDataModule,
     read_gb_intervals,
     read_gb_layout,
     read_labeled_fasta,
@@ -24,6 +24,7 @@ from datamodules.benchmarks import (
     reverse_complement,
     stratified_split,
 )
+from datamodules.benchmarks import SequenceClassificationDataModule
 from tests.conftest import shared_path
 
 GB = ("data", "genomic_benchmarks")
@@ -366,3 +367,15 @@ def test_datamodule_nt_revised_table_picks_task(tmp_path):
     dm = SequenceClassificationDataModule(train_file=str(path), task="enhancers_types", max_length=400)
     dm.setup("fit")
     assert len(dm.data["train"]) + len(dm.data["val"]) == 91 and dm.num_classes == 3
+
+
+def test_readers_import_neither_lightning_nor_torch():
+    """``bioseq probe`` reads benchmark files through benchmark_files: it must stay a light import."""
+    import subprocess
+    import sys
+
+    code = ("import sys, datamodules.benchmark_files, bioseq.commands.probe; "
+            "print(sorted(m for m in ('lightning', 'torch') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

@@ -9,7 +9,8 @@ import torch
 from sklearn import metrics as skm
 from torch.utils.data import DataLoader
 
-from datamodules.benchmarks import LabeledSequences, TokenizedSequenceDataset, make_collate
+from datamodules.benchmark_files import LabeledSequences
+from datamodules.benchmarks import TokenizedSequenceDataset, make_collate
 from finetune.classifier import SequenceClassifier
 from finetune.heads import PredictionHead, SequenceModel, pool
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bioseq.cli import main as cli
-from datamodules.benchmarks import NT_TASKS, read_table, stratified_split
+from datamodules.benchmark_files import NT_TASKS, read_table, stratified_split
 from finetune import suite
 from tests.conftest import shared_path
 
