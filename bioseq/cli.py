@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import warnings
 
 import bioseq
 from bioseq.errors import BioseqError
@@ -45,6 +46,11 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line: ``bioseq: warning: <message>``, without the source line."""
+    return f"bioseq: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"bioseq: unknown command '{name}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
+    formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)
@@ -68,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bioseq {name}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -881,13 +881,15 @@ def _copy_tokens(parts_dir, names, loaded, group, src_part, src_pos, offsets, wr
 
 @dataclass
 class ScanResult:
-    """What pass 1 learned: ids (input order, after dedupe), residue lengths, total tokens fed."""
+    """What pass 1 learned: ids (input order, after dedupe), residue lengths, total tokens fed, and
+    how many characters the tokenizer mapped to [UNK] (``--unknown unk``)."""
 
     ids: list[str] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
     tokens: int = 0
     dropped_duplicates: int = 0
     fingerprint: str = ""
+    unk_tokens: int = 0
 
 
 def scan(records: Iterable[SequenceRecord], embedder: Embedder, *, dedupe: bool = False) -> ScanResult:
@@ -895,6 +897,7 @@ def scan(records: Iterable[SequenceRecord], embedder: Embedder, *, dedupe: bool 
     out = ScanResult()
     seen: dict[str, str] = {}
     h = hashlib.blake2b(digest_size=16)
+    unk_before = getattr(embedder.tokenizer, "unk_count", 0)  # pass 2 encodes again: count pass 1 only
     for rec in _dedupe(records, dedupe, out, seen):
         plans = embedder.plans(rec)
         out.ids.append(rec.id)
@@ -903,6 +906,7 @@ def scan(records: Iterable[SequenceRecord], embedder: Embedder, *, dedupe: bool 
         seq = rec.seq if isinstance(rec.seq, bytes) else rec.seq.encode()
         h.update(rec.id.encode() + b"\0" + seq + b"\0")
     out.fingerprint = h.hexdigest()
+    out.unk_tokens = getattr(embedder.tokenizer, "unk_count", 0) - unk_before
     if not out.ids:
         raise EmbedError("no input records")
     return out
@@ -1018,7 +1022,7 @@ def run_metadata(metadata: dict | None, embedder: Embedder, fmt: str, scanned: S
         "d_model": embedder.dim, "state_sha256": state_dict_sha256(embedder.backbone),
         "tokenizer": getattr(embedder.tokenizer, "name", type(embedder.tokenizer).__name__),
         "input_fingerprint": scanned.fingerprint, "n_records": len(scanned.ids),
-        "dropped_duplicates": scanned.dropped_duplicates,
+        "dropped_duplicates": scanned.dropped_duplicates, "unk_tokens": scanned.unk_tokens,
     })
     return meta
 

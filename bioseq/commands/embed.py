@@ -200,13 +200,14 @@ def main(argv: list[str]) -> int:
         if args.devices > 1 or args.num_nodes > 1:
             from bioseq.commands.embed_distributed import embed_distributed
 
-            embed_distributed(records, out, backbone, tokenizer, options, fmt=args.format, resume=args.resume,
-                              overwrite=args.overwrite, dedupe=args.dedupe, metadata=meta,
-                              devices=args.devices, num_nodes=args.num_nodes, progress=not args.quiet)
+            written = embed_distributed(records, out, backbone, tokenizer, options, fmt=args.format,
+                                        resume=args.resume, overwrite=args.overwrite, dedupe=args.dedupe,
+                                        metadata=meta, devices=args.devices, num_nodes=args.num_nodes,
+                                        progress=not args.quiet)
         else:
-            embed_to_file(records, out, backbone, tokenizer, options, fmt=args.format, resume=args.resume,
-                          overwrite=args.overwrite, dedupe=args.dedupe, metadata=meta,
-                          progress=not args.quiet)
+            written = embed_to_file(records, out, backbone, tokenizer, options, fmt=args.format,
+                                    resume=args.resume, overwrite=args.overwrite, dedupe=args.dedupe,
+                                    metadata=meta, progress=not args.quiet)
     except KeyboardInterrupt:
         from bioseq.embed import parts_dir_for
 
@@ -214,6 +215,10 @@ def main(argv: list[str]) -> int:
             print(f"bioseq embed: finished work is kept in {parts_dir_for(out)}; rerun the same command with "
                   "--resume to continue", file=sys.stderr)
         raise
+    unk = (written or {}).get("unk_tokens") or 0
+    if unk:
+        print(f"bioseq embed: {unk} character{'s' if unk != 1 else ''} outside the "
+              f"{getattr(tokenizer, 'name', 'tokenizer')} alphabet embedded as [UNK]", file=sys.stderr)
     if not args.quiet:
         print(f"bioseq embed: wrote {out}", file=sys.stderr)
     return 0

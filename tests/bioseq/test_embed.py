@@ -633,17 +633,40 @@ def test_cli_bad_input_exit_2_one_line_no_output(tmp_path, content, message, cap
     assert not out.exists() and not parts_dir_for(out).exists()
 
 
-def test_cli_unknown_characters_as_unk(tmp_path):
+def test_cli_unknown_characters_as_unk(tmp_path, capsys):
     pytest.importorskip("models")
     from bioseq.cli import main
 
-    fa = write_fasta(tmp_path / "x.fa", ["ACJT", "ACGT"])
+    fa = write_fasta(tmp_path / "x.fa", ["ACJT", "ACGT", "XXAC"])
     out = tmp_path / "x.h5"
     with pytest.warns(UserWarning, match="UNK"):
         assert main(["embed", "-q", "-m", "hyenadna-tiny-1k", str(fa), "-o", str(out),
                      "--unknown", "unk"]) == 0
     r = read_embeddings(out)
-    assert r["ids"] == ["r0", "r1"] and r["metadata"]["tokenizer_config"]["options"]["unknown"] == "unk"
+    assert r["ids"] == ["r0", "r1", "r2"]
+    assert r["metadata"]["tokenizer_config"]["options"]["unknown"] == "unk"
+    assert r["metadata"]["unk_tokens"] == 3  # counted once, although both passes encode the input
+    assert "3 characters outside the dna alphabet embedded as [UNK]" in capsys.readouterr().err
+
+
+def test_cli_warnings_are_one_line(tmp_path):
+    """A real process: the tokenizer's warning is one ``bioseq: warning:`` line (1-based position), no
+    source line; then the total."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("models")
+    fa = write_fasta(tmp_path / "x.fa", ["ACJT", "ACGT"])
+    cmd = [sys.executable, "-m", "bioseq.cli", "embed", "-q", "-m", "hyenadna-tiny-1k", str(fa),
+           "-o", str(tmp_path / "x.h5"), "--unknown", "unk"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        "bioseq: warning: DnaTokenizer: " + str(fa) + ", record 'r0', position 3: 'J' is not in the dna "
+        "vocabulary and was encoded as [UNK]; later ones are only counted (tokenizer.unk_count)",
+        "bioseq embed: 1 character outside the dna alphabet embedded as [UNK]",
+    ], proc.stderr
 
 
 def test_cli_protein_preset_override_and_long_chunk(tmp_path, capsys):
