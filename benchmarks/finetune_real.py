@@ -9,10 +9,12 @@ goes through the real pipeline (``SequenceClassificationDataModule`` on TSV file
 ``SequenceClassifier`` -> Lightning ``Trainer``) with a wall-clock budget (``--minutes``, default 15)
 enforced by ``Trainer(max_time=...)``. With ``--pretrain-minutes M`` the backbone is first trained for M
 minutes of that budget as a causal LM on the training split's sequences (labels unused; the validation and
-test sequences are never seen), then finetuned for the rest. The finetuning defaults (peak lr 6e-4,
-backbone dropout 0.1, 5 epochs of warmup + cosine) come from an ablation on one pretrained cohn backbone
-(``benchmarks/RESULTS.md``): they gave 0.743 test accuracy where lr 2e-3 without dropout over 10 epochs
-gave 0.723.
+test sequences are never seen), then finetuned for the rest. ``--pretrain-tokens`` (default 40 M predicted
+tokens, about 8 minutes on a quiet 2-core machine) ends pretraining first when the machine is fast enough,
+which makes the run repeatable: the same seeds and thread count give the same weights. The finetuning
+defaults (peak lr 6e-4, backbone dropout 0.1, 5 epochs of warmup + cosine) come from an ablation on one
+pretrained cohn backbone (``benchmarks/RESULTS.md``): they gave 0.743 test accuracy where lr 2e-3 without
+dropout over 10 epochs gave 0.723.
 
     python benchmarks/finetune_real.py --datasets human_nontata_promoters human_enhancers_cohn
 
@@ -70,9 +72,12 @@ def pretrain_clm(backbone, dm, a) -> dict:
     """Next-token pretraining of ``backbone`` on the training split's sequences only (labels unused).
 
     ``dm`` is set up for "fit", so its train split already excludes the validation sequences; batches
-    carry the same reverse-complement augmentation as finetuning. Runs for ``a.pretrain_minutes`` of
-    wall time with a linear warm-up (50 steps) and a cosine decay over that time; the LM head is the
-    tied input embedding, as in ``models.lm.LanguageModel``.
+    carry the same reverse-complement augmentation as finetuning. Runs until ``a.pretrain_tokens``
+    predicted tokens (0: no token budget) or ``a.pretrain_minutes`` of wall time, whichever comes first,
+    with a linear warm-up (50 steps) and a cosine decay over the token budget (over the time budget
+    without one); ``stopped_by`` says which budget ended it. A token budget makes the run independent
+    of the machine's load: same seed, same thread count, same weights. The LM head is the tied input
+    embedding, as in ``models.lm.LanguageModel``.
     """
     import math
 
@@ -85,12 +90,16 @@ def pretrain_clm(backbone, dm, a) -> dict:
     backbone.train()
     t0 = time.time()
     budget = a.pretrain_minutes * 60
+    token_budget = int(getattr(a, "pretrain_tokens", 0) or 0)
     steps, tokens, losses = 0, 0, []
-    while time.time() - t0 < budget:
+    stopped_by = None
+    while stopped_by is None:
         for batch in dm.train_dataloader():
-            frac = (time.time() - t0) / budget
-            if frac >= 1:
+            elapsed = (time.time() - t0) / budget
+            if elapsed >= 1 or (token_budget and tokens >= token_budget):
+                stopped_by = "time" if elapsed >= 1 else "tokens"
                 break
+            frac = tokens / token_budget if token_budget else elapsed
             for g in opt.param_groups:
                 g["lr"] = a.pretrain_lr * min(1.0, (steps + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
             ids = batch["input_ids"]
@@ -106,6 +115,7 @@ def pretrain_clm(backbone, dm, a) -> dict:
             losses.append(loss.item())
     tail = losses[-50:]
     return {"steps": steps, "tokens": tokens, "minutes": round((time.time() - t0) / 60, 2),
+            "stopped_by": stopped_by,
             "final_train_ppl": round(math.exp(sum(tail) / len(tail)), 4) if tail else None}
 
 
@@ -236,7 +246,10 @@ def main(argv=None) -> int:
                    help="average logits over both strands")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2: all cores of this machine)")
     p.add_argument("--pretrain-minutes", type=float, default=9.0,
-                   help="next-token pretraining on the train split's sequences first (counts in --minutes)")
+                   help="next-token pretraining on the train split's sequences first, at most this long "
+                        "(counts in --minutes; 0 = no pretraining)")
+    p.add_argument("--pretrain-tokens", type=float, default=40e6,
+                   help="pretraining token budget (cosine schedule over it; 0 = budget by time only)")
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
     p.add_argument("--skip-hyena", action="store_true")
     p.add_argument("--out", default="/tmp/bioseq_finetune_real")
