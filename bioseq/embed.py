@@ -39,7 +39,8 @@ Output layout (HDF5; the ``npy`` format has the same names as files, ``ids.txt``
     /offsets          [N + 1] int64 and /tokens [sum(embedded_lengths), D] (per_token=True):
                       row i's per-residue embeddings are tokens[offsets[i]:offsets[i + 1]]
     /layers/<k>/mean ... /layers/<k>/tokens   the same for hidden_states[k] (``layers``)
-    attrs: metadata (model, weights hash, pooling, options, bioseq version, command line, ...)
+    attrs: metadata (model, weights hash, pooling, options, bioseq version, command line, ...,
+           ``unk_tokens``: characters embedded as [UNK] under ``unknown="unk"``, ``dropped_duplicates``)
 
 Pooling: ``mean`` and ``max`` run over the residue positions only (the optional ``[CLS]``/``[SEP]``
 specials are model input, not pooled); ``first`` and ``last`` are the hidden states of the first
