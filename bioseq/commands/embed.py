@@ -21,7 +21,13 @@ HELP = "Turn FASTA (or SMILES) into embeddings on disk (HDF5 or npy)."
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help, the epilog's examples kept line by line."""
+    """Defaults in the option help (unless None or already stated there), the epilog's examples kept
+    line by line."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -857,3 +857,12 @@ def test_cli_help_lists_the_options(capsys):
     for flag in ("--pool", "--per-token", "--layers", "--long", "--overlap", "--batch-tokens", "--resume",
                  "--rc-average", "--format", "--dtype", "--devices", "--smiles-column", "--dedupe"):
         assert flag in out
+
+
+def test_cli_help_states_real_defaults_only():
+    """``bioseq embed --help`` shows defaults that exist (``(default: None)`` says nothing)."""
+    from bioseq.commands.embed import build_parser
+
+    text = build_parser().format_help()
+    assert "(default: None)" not in text
+    assert "(default: ['mean'])" in text and "(default: error)" in text
