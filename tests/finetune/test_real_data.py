@@ -63,9 +63,13 @@ def test_pretrain_then_finetune_pipeline_runs(tmp_path):
     assert pre["stopped_by"] == "tokens" and 4000 <= pre["tokens"] < 4000 + 16 * 49 and pre["steps"] == 6
     assert np.isfinite(res["pretrain"]["final_train_ppl"]) and res["pretrain"]["final_train_ppl"] < 16
     assert res["epochs_done"] == 1 and 0.0 <= res["test_accuracy"] <= 1.0
-    assert res["best_epoch"] == 0 and res["selected_on"] == "val/loss" and res["best_val_loss"] > 0
+    assert res["tested_epoch"] == 0 and res["selected_on"] == "val/loss" and res["tested_val_loss"] > 0
     again = mod.hyena_run(tmp_path / "train.tsv", tmp_path / "test.tsv", 48,
                           argparse.Namespace(**{**vars(args), "out": str(tmp_path / "run2")}))
-    for key in ("test_accuracy", "test_auroc", "best_val_loss"):
+    for key in ("test_accuracy", "test_auroc", "tested_val_loss"):
         assert again[key] == res[key], key
     assert again["pretrain"]["final_train_ppl"] == pre["final_train_ppl"]
+    last = mod.hyena_run(tmp_path / "train.tsv", tmp_path / "test.tsv", 48, argparse.Namespace(
+        **{**vars(args), "select": "last", "epochs": 2, "out": str(tmp_path / "run3")}))
+    assert last["selected_on"] == "last epoch" and last["tested_epoch"] == 1 == last["epochs_done"] - 1
+    assert [h["epoch"] for h in last["val_history"]] == [0, 1]
