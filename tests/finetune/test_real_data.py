@@ -73,3 +73,6 @@ def test_pretrain_then_finetune_pipeline_runs(tmp_path):
         **{**vars(args), "select": "last", "epochs": 2, "out": str(tmp_path / "run3")}))
     assert last["selected_on"] == "last epoch" and last["tested_epoch"] == 1 == last["epochs_done"] - 1
     assert [h["epoch"] for h in last["val_history"]] == [0, 1]
+    cmp = last["comparison"]
+    assert cmp["rule"] == "val/loss" and cmp["epoch"] in (0, 1) and 0.0 <= cmp["test_accuracy"] <= 1.0
+    assert res["comparison"] is None
