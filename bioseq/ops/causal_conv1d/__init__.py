@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from bioseq.ops._dispatch import use_triton
-from bioseq.ops.causal_conv1d.ref import causal_conv1d_ref
-from bioseq.ops.causal_conv1d.shifted import causal_conv1d_shifted
+from bioseq.ops.causal_conv1d.ref import causal_conv1d_ref, causal_conv1d_shifted
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref", "causal_conv1d_shifted", "causal_conv1d_backend"]
 
