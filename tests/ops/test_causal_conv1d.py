@@ -117,6 +117,11 @@ def test_shifted_gradcheck_float64():
     bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda a, b, c: causal_conv1d_shifted(a, b, c, "silu"), (x, w, bias))
     assert torch.autograd.gradcheck(lambda a, b: causal_conv1d_shifted(a, b), (x, w))
+    gy = torch.randn(2, 3, 7, dtype=torch.float64)
+    got = torch.autograd.grad(causal_conv1d_shifted(x, w, bias, "silu"), (x, w, bias), gy)
+    want = torch.autograd.grad(causal_conv1d_ref(x, w, bias, "silu"), (x, w, bias), gy)
+    for a, b in zip(got, want):  # float64 stays float64 in every gradient
+        assert a.dtype == torch.float64 and max_rel(a, b) < 1e-12
 
 
 def test_shifted_half_precision_matches_float32():

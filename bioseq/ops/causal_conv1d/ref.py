@@ -19,6 +19,11 @@ import torch
 import torch.nn.functional as F
 
 
+def _check_activation(activation: str | None) -> None:
+    if activation not in (None, "silu", "swish"):
+        raise ValueError(f"causal_conv1d: activation must be None or 'silu', got {activation!r}")
+
+
 def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       activation: str | None = None) -> torch.Tensor:
     """Causal depthwise conv.
@@ -28,8 +33,7 @@ def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     Returns:
         [B, D, L] in x's dtype.
     """
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"causal_conv1d: activation must be None or 'silu', got {activation!r}")
+    _check_activation(activation)
     L, K = x.shape[-1], weight.shape[-1]
     y = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), None if bias is None else bias.to(x.dtype),
                  padding=K - 1, groups=x.shape[1])[..., :L]
@@ -78,18 +82,19 @@ class _ShiftedConv(torch.autograd.Function):
                 shift = K - 1 - j
                 if shift < L:
                     grad_x[..., : L - shift].addcmul_(g[..., shift:], w[:, j : j + 1])
+        acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # weight-gradient sums
         if ctx.needs_input_grad[1]:
             cols = []
             for j in range(K):
                 shift = K - 1 - j
                 if shift >= L:
-                    cols.append(g.new_zeros(g.shape[1], dtype=torch.float32))
+                    cols.append(g.new_zeros(g.shape[1], dtype=acc))
                     continue
-                prod = g[..., shift:].float() * x[..., : L - shift].float()
+                prod = g[..., shift:].to(acc) * x[..., : L - shift].to(acc)
                 cols.append(prod.sum(dim=(0, 2)))
             grad_w = torch.stack(cols, dim=1).to(weight.dtype)
         if bias is not None and ctx.needs_input_grad[2]:
-            grad_b = g.float().sum(dim=(0, 2)).to(bias.dtype)
+            grad_b = g.to(acc).sum(dim=(0, 2)).to(bias.dtype)
         return grad_x, grad_w, grad_b, None
 
 
@@ -102,6 +107,5 @@ def causal_conv1d_shifted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     Returns:
         [B, D, L], contiguous, in x's dtype (weight and bias are rounded to x's dtype, as in the ref).
     """
-    if activation not in (None, "silu", "swish"):
-        raise ValueError(f"causal_conv1d: activation must be None or 'silu', got {activation!r}")
+    _check_activation(activation)
     return _ShiftedConv.apply(x, weight, bias, activation is not None)
