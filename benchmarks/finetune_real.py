@@ -96,6 +96,8 @@ def pretrain_clm(backbone, dm, a) -> dict:
     steps, tokens, losses = 0, 0, []
     stopped_by = None
     while stopped_by is None:
+        if steps == 0 and len(dm.train_dataloader()) == 0:
+            raise RuntimeError("pretraining: the training split gives no batches")
         for batch in dm.train_dataloader():
             elapsed = (time.time() - t0) / budget
             if elapsed >= 1 or (token_budget and tokens >= token_budget):
