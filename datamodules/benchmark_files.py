@@ -629,7 +629,8 @@ def download_genomic_benchmark(
     return download_archive(url, Path(root) / name, sha256)
 
 
-def _peek_header(path: Path) -> list[str]:
+def peek_header(path: Path) -> list[str]:
+    """Lower-cased column names of a CSV/TSV file's first line ([] for FASTA and parquet)."""
     if str(path).endswith(_FASTA_EXT) or path.suffix == ".parquet":
         return []
     with _open_text(path) as fh:

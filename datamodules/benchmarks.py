@@ -21,9 +21,9 @@ from datamodules.benchmark_files import (
     GENOMIC_BENCHMARKS,
     BenchmarkDataError,
     LabeledSequences,
-    _peek_header,
     download_genomic_benchmark,
     find_split_file,
+    peek_header,
     read_file,
     read_gb_intervals,
     read_gb_layout,
@@ -220,7 +220,7 @@ class SequenceClassificationDataModule(L.LightningDataModule):
                 + (f" and {h.dataset}_{split}.*" if h.dataset else "")
                 + ")"
             )
-        if h.benchmark == "nucleotide_transformer" and h.task is None and "task" in _peek_header(path):
+        if h.benchmark == "nucleotide_transformer" and h.task is None and "task" in peek_header(path):
             kw["task"] = h.dataset
         return read_file(path, **kw)
 
