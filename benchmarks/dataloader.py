@@ -105,8 +105,8 @@ def child(args) -> None:
     import torch
     from torch.utils.data import DataLoader
 
-    import datamodules.genome as genome
-    from datamodules.collate import LMCollator
+    import bioseq.datamodules.genome as genome
+    from bioseq.datamodules.collate import LMCollator
 
     torch.set_num_threads(1)
     _WORKER_START = multiprocessing.Value("d", 0.0)
@@ -168,7 +168,7 @@ def child(args) -> None:
 def model_tokens_per_s(batch: int = 8, length: int = 1024, steps: int = 4, threads: int = 2) -> float | None:
     """Tokens/s of hyenadna-tiny-1k training (fwd + bwd + AdamW, tied head) on this CPU."""
     try:
-        from models.hyena import PRESETS, HyenaDNA
+        from bioseq.models.hyena import PRESETS, HyenaDNA
     except ImportError:
         return None
     import torch

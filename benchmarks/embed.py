@@ -35,7 +35,7 @@ def bench_proteins(limit: int | None, batch_tokens: int, device: str = "cpu") ->
     import numpy as np
     import torch
 
-    import models
+    from bioseq import models
     from bioseq.embed import EmbedOptions, embed_to_file, iter_fasta, read_embeddings
     from bioseq.tokenizers import get_tokenizer
 

@@ -42,7 +42,7 @@ SEQ_DIR = SHARED / "data" / "genomic_benchmarks" / "sequences"
 
 def split_files(name: str, workdir: Path, seed: int = 0) -> tuple[Path, Path, int]:
     """80/20 stratified split of ``<name>/test.tsv.gz`` written as train.tsv / test.tsv."""
-    from datamodules.benchmark_files import read_table, stratified_split
+    from bioseq.datamodules.benchmark_files import read_table, stratified_split
 
     data = read_table(SEQ_DIR / name / "test.tsv.gz")
     keep, held = stratified_split(data.labels, 0.2, seed)
@@ -57,8 +57,8 @@ def split_files(name: str, workdir: Path, seed: int = 0) -> tuple[Path, Path, in
 
 
 def kmer_rows(train: Path, test: Path, ks=(4, 6)) -> dict[int, dict]:
-    from datamodules.benchmark_files import read_table
-    from finetune.probe import fit_probe, kmer_features
+    from bioseq.datamodules.benchmark_files import read_table
+    from bioseq.finetune.probe import fit_probe, kmer_features
 
     tr, te = read_table(train), read_table(test)
     out = {}
@@ -147,8 +147,8 @@ def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from datamodules.benchmarks import SequenceClassificationDataModule
-    from finetune.classifier import SequenceClassifier
+    from bioseq.datamodules.benchmarks import SequenceClassificationDataModule
+    from bioseq.finetune.classifier import SequenceClassifier
 
     torch.set_num_threads(a.threads)
     L.seed_everything(0, verbose=False)
@@ -172,7 +172,7 @@ def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
     pretrain = None
     backbone = None
     if a.pretrain_minutes > 0:
-        from models import build_backbone
+        from bioseq.models import build_backbone
 
         backbone = build_backbone("hyena", "hyenadna-tiny-1k", **overrides)
         dm.setup("fit")

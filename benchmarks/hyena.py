@@ -97,7 +97,7 @@ def child(impl: str, mode: str, L: int, variant: str, args) -> dict:
         model = mod.HyenaDNAModel(**cfg, use_head=False)
     else:
         sys.path.insert(0, str(REPO))
-        from models.hyena import HyenaDNA, get_preset
+        from bioseq.models.hyena import HyenaDNA, get_preset
 
         model = HyenaDNA(get_preset("hyenadna-tiny-1k", l_max=L,
                                     gradient_checkpointing=variant == "checkpointing"))

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.benchmark_files import (
+from bioseq.datamodules.benchmark_files import (
     GENOMIC_BENCHMARKS,
     BenchmarkDataError,
     LabeledSequences,

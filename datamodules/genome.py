@@ -54,7 +54,7 @@ import numpy as np
 from bioseq.errors import BioseqError, locate
 from bioseq.fasta import FastaError, IndexedFasta, cache_root, detect_compression, ensure_index
 from bioseq.tokenizers import DnaTokenizer
-from datamodules.collate import EpochDataLoader, ShardedIterable, check_positive, trainer_loader
+from bioseq.datamodules.collate import EpochDataLoader, ShardedIterable, check_positive, trainer_loader
 
 __all__ = ["GenomeDataModule", "GenomeWindows", "Regions", "NMap", "indexable_fasta", "read_bed"]
 
@@ -496,7 +496,7 @@ class GenomeDataModule(pl.LightningDataModule):
         self.train_length_schedule = None
         self.current_train_stage = None
         if length_warmup:
-            from datamodules.length_warmup import LengthSchedule
+            from bioseq.datamodules.length_warmup import LengthSchedule
 
             self.train_length_schedule = LengthSchedule(length_warmup, unit=length_warmup_unit)
         self.fasta: IndexedFasta | None = None

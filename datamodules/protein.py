@@ -41,7 +41,7 @@ import numpy as np
 from bioseq.errors import BioseqError
 from bioseq.fasta import read_fasta
 from bioseq.tokenizers import ProteinTokenizer
-from datamodules.collate import (
+from bioseq.datamodules.collate import (
     EpochDataLoader,
     ShardedIterable,
     check_positive,

@@ -40,7 +40,7 @@ import numpy as np
 
 from bioseq.errors import BioseqError, locate
 from bioseq.tokenizers import SmilesTokenizer, load_tokenizer
-from datamodules.collate import (
+from bioseq.datamodules.collate import (
     EpochDataLoader,
     ShardedIterable,
     check_positive,

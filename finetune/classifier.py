@@ -33,8 +33,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from bioseq.errors import BioseqError
-from finetune.heads import PredictionHead, SequenceModel
-from models.optim import cosine_with_warmup, param_groups, resolve_warmup
+from bioseq.finetune.heads import PredictionHead, SequenceModel
+from bioseq.models.optim import cosine_with_warmup, param_groups, resolve_warmup
 
 
 def _config_dict(backbone: nn.Module) -> dict | None:
@@ -48,7 +48,7 @@ def _config_dict(backbone: nn.Module) -> dict | None:
 
 def build_backbone_from_config(config: dict) -> nn.Module:
     """Random-init backbone from a config dict that names its ``arch`` (``models.ARCHITECTURES``)."""
-    from models import ARCHITECTURES
+    from bioseq.models import ARCHITECTURES
 
     config = dict(config)
     arch = config.get("arch", "hyena")
@@ -72,13 +72,13 @@ def resolve_backbone(
     if isinstance(backbone, nn.Module):
         return backbone
     if backbone is not None:
-        from models import load_backbone
+        from bioseq.models import load_backbone
 
         module = load_backbone(str(backbone))
         if backbone_overrides:
             raise BioseqError("backbone_overrides apply to arch/preset builds only, not to a loaded backbone")
         return module
-    from models import build_backbone
+    from bioseq.models import build_backbone
 
     return build_backbone(arch, preset, **(backbone_overrides or {}))
 
@@ -160,7 +160,7 @@ class SequenceClassifier(L.LightningModule):
             self.hparams["backbone"] = None
         tokenizer = None
         if rc_average:
-            from models import load_tokenizer_for
+            from bioseq.models import load_tokenizer_for
 
             tokenizer = load_tokenizer_for(module)
         head_module = PredictionHead(module.d_model, num_classes, pooling, head, head_hidden_size, dropout)
@@ -382,7 +382,7 @@ def run_finetune_cli(argv: list[str], prog: str = "bioseq finetune"):
     """
     import sys
 
-    from datamodules.benchmarks import SequenceClassificationDataModule
+    from bioseq.datamodules.benchmarks import SequenceClassificationDataModule
 
     saved = sys.argv
     sys.argv = [prog]

@@ -161,7 +161,7 @@ def embedding_features(
     """
     import torch
 
-    from finetune.heads import pool
+    from bioseq.finetune.heads import pool
 
     backbone = backbone.to(device).eval()
     encoded = [np.asarray(tokenizer.encode(s), dtype=np.int64)[:max_length] for s in sequences]

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bioseq.errors import BioseqError
-from finetune.published import CITATIONS, published_for
+from bioseq.finetune.published import CITATIONS, published_for
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs" / "finetune"
 SUITES = {"genomic-benchmarks": "genomic_benchmarks", "nucleotide-transformer": "nucleotide_transformer"}
@@ -81,7 +81,7 @@ def _run_one(
     item: SuiteItem, seed: int, backbone: str, run_dir: Path, data_args: list[str], overrides: list[str]
 ) -> dict:
     """One ``fit`` + best-checkpoint ``test`` through the finetune CLI; returns the test metrics."""
-    from finetune.classifier import run_finetune_cli
+    from bioseq.finetune.classifier import run_finetune_cli
 
     args = [
         "fit",
@@ -128,8 +128,8 @@ def kmer_baseline(item: SuiteItem, data_args: list[str], k: int = 6, seed: int =
     """k-mer logistic-regression baseline on the same train (train + val) / test data as the runs."""
     import yaml
 
-    from datamodules.benchmarks import SequenceClassificationDataModule
-    from finetune.probe import fit_probe, kmer_features
+    from bioseq.datamodules.benchmarks import SequenceClassificationDataModule
+    from bioseq.finetune.probe import fit_probe, kmer_features
 
     cfg = (yaml.safe_load(item.config.read_text()) or {}).get("data") or {}
     for a in data_args:

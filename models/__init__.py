@@ -14,8 +14,8 @@ from pathlib import Path
 import torch.nn as nn
 
 from bioseq.errors import BioseqError
-from models.hyena import PRESETS as HYENA_PRESETS
-from models.hyena import HyenaConfig, HyenaDNA
+from bioseq.models.hyena import PRESETS as HYENA_PRESETS
+from bioseq.models.hyena import HyenaConfig, HyenaDNA
 
 ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "hyena": (HyenaConfig, HyenaDNA),

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bioseq.errors import BioseqError
-from models.optim import build_optimizer
+from bioseq.models.optim import build_optimizer
 
 OBJECTIVES = ("clm", "mlm")
 IGNORE_INDEX = -100
@@ -159,8 +159,7 @@ class LanguageModel(L.LightningModule):
 
     # ------------------------------------------------------------------ construction
     def _build_backbone(self) -> nn.Module:
-        import models
-
+        from bioseq import models
         hp = self.hparams
         if hp.pretrained is not None:
             if hp.backbone_config:
@@ -177,8 +176,7 @@ class LanguageModel(L.LightningModule):
         if hasattr(spec, "vocab_size") and hasattr(spec, "to_dict"):
             return spec  # a tokenizer object (programmatic use)
         if spec is None:
-            import models
-
+            from bioseq import models
             source = self.hparams.pretrained if self.hparams.pretrained is not None else self.backbone
             try:
                 return models.load_tokenizer_for(source)

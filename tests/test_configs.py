@@ -49,13 +49,13 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
 
 
 DATA_OVERRIDES = {
-    "datamodules.genome.GenomeDataModule": lambda p: [
+    "bioseq.datamodules.genome.GenomeDataModule": lambda p: [
         "--data.fasta", str(p["fasta"]), "--data.max_length", "128", "--data.batch_size", "2",
         "--data.num_workers", "0", "--data.max_eval_windows", "2"],
-    "datamodules.protein.ProteinDataModule": lambda p: [
+    "bioseq.datamodules.protein.ProteinDataModule": lambda p: [
         "--data.fasta", str(p["protein"]), "--data.max_length", "64", "--data.batch_size", "2",
         "--data.num_workers", "0", "--data.val_fraction", "0.2"],
-    "datamodules.smiles.SmilesDataModule": lambda p: [
+    "bioseq.datamodules.smiles.SmilesDataModule": lambda p: [
         "--data.data", str(p["smiles"]), "--data.max_length", "32", "--data.batch_size", "2",
         "--data.num_workers", "0", "--data.val_fraction", "0.2",
         "--data.vocab_path", str(p["out"] / "smiles_vocab.json")],
@@ -83,7 +83,6 @@ def command_for(path: Path, cfg: dict, tiny: dict[str, Path]) -> list[str]:
                         " (add it to DATA_OVERRIDES)")
         return ["pretrain", "fit", "--config", str(path), *DATA_OVERRIDES[data_class](tiny)]
     if kind == "finetune":
-        pytest.importorskip("bioseq.commands.finetune", reason="bioseq finetune not written yet")
         return ["finetune", "fit", "--config", str(path), "--data.train_file", str(tiny["train"]),
                 "--data.test_file", str(tiny["test"]), "--data.batch_size", "2", "--data.max_length", "100"]
     pytest.fail(f"{path}: unknown config directory '{kind}' (teach tests/test_configs.py how to run it)")

@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--label", help="name of our column in the table (default: the backbone)")
     a = p.parse_args(argv)
 
-    from finetune.suite import run_suite
+    from bioseq.finetune.suite import run_suite
 
     rows = run_suite(
         a.suite,

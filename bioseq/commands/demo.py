@@ -134,8 +134,8 @@ def main(argv: list[str]) -> int:
     import torch
 
     _quiet()
-    from datamodules.genome import GenomeDataModule
-    from models.lm import LanguageModel
+    from bioseq.datamodules.genome import GenomeDataModule
+    from bioseq.models.lm import LanguageModel
 
     torch.set_num_threads(args.threads or auto_threads())
     L.seed_everything(args.seed, verbose=False)

@@ -127,7 +127,7 @@ def load_model(spec: str, seed: int = 0, overrides: dict | None = None):
 
     import torch
 
-    import models
+    from bioseq import models
     from bioseq.embed import EmbedError
 
     torch.manual_seed(seed)  # presets: deterministic random weights (so --resume can verify them)

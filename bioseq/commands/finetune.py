@@ -18,7 +18,7 @@ HELP = "Finetune a backbone on a labelled sequence task (LightningCLI: fit/valid
 
 
 def main(argv: list[str]) -> int:
-    from finetune.classifier import run_finetune_cli
+    from bioseq.finetune.classifier import run_finetune_cli
 
     run_finetune_cli(argv)
     return 0

@@ -24,7 +24,7 @@ def build_cli(argv: list[str], run: bool = True):
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
-    from models.lm import LanguageModel
+    from bioseq.models.lm import LanguageModel
 
     class PretrainCLI(LightningCLI):
         @staticmethod

@@ -50,9 +50,9 @@ def main(argv: list[str]) -> int:
     import numpy as np
 
     from bioseq.errors import BioseqError
-    from datamodules.benchmark_files import read_file, read_labels_file
-    from finetune import probe
-    from finetune.suite import write_results
+    from bioseq.datamodules.benchmark_files import read_file, read_labels_file
+    from bioseq.finetune import probe
+    from bioseq.finetune.suite import write_results
 
     if a.train_embeddings or a.test_embeddings:
         if not (a.train_embeddings and a.test_embeddings):
@@ -83,7 +83,7 @@ def main(argv: list[str]) -> int:
         else:
             if not a.backbone:
                 raise BioseqError("--features embeddings needs --backbone (checkpoint dir or preset)")
-            from models import load_backbone, load_tokenizer_for
+            from bioseq.models import load_backbone, load_tokenizer_for
 
             backbone = load_backbone(a.backbone)
             tok = load_tokenizer_for(backbone)

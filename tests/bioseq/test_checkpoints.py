@@ -22,8 +22,8 @@ from bioseq.checkpoints import (
     resolve_pretrained,
 )
 from bioseq.errors import BioseqError
-from models import load_backbone, load_tokenizer_for
-from models.hyena import HyenaConfig, HyenaDNA
+from bioseq.models import load_backbone, load_tokenizer_for
+from bioseq.models.hyena import HyenaConfig, HyenaDNA
 from tests.conftest import shared_path
 
 HF_CONFIG = {  # the -hf port's config.json for hyenadna-tiny-1k-seqlen-hf
@@ -235,7 +235,7 @@ def test_convert_rejects_non_hyena_state():
 
 
 def test_tokenizer_saved_beside_weights(tmp_path):
-    tokenizers = pytest.importorskip("bioseq.tokenizers")
+    from bioseq import tokenizers
     model = HyenaDNA(HyenaConfig(d_model=16, n_layer=1, l_max=64, filter_order=8, vocab_size=30,
                                  alphabet="protein"))
     assert load_tokenizer_for(model).name == "protein"  # no directory: the alphabet's default

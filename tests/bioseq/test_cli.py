@@ -25,6 +25,6 @@ def test_unknown_command_exits_2(capsys):
 
 def test_console_script_help_runs_without_heavy_imports():
     code = ("import sys; from bioseq.cli import main; main(['--help']); "
-            "print('lightning' in sys.modules, 'models' in sys.modules)")
+            "print('lightning' in sys.modules, 'bioseq.models' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "False False"

@@ -24,8 +24,7 @@ def test_demo_small_run(tmp_path, capsys):
     for name in ("genome.fa", "splits.bed", "features.bed", "motif_train.tsv", "motif_test.tsv"):
         assert (out / "data" / name).is_file()
 
-    import models
-
+    from bioseq import models
     backbone = models.load_backbone(str(out / "model")).eval()
     assert models.load_tokenizer_for(str(out / "model")).name == "dna"
     assert backbone(torch.tensor([[7, 8, 9, 10]])).shape == (1, 4, 128)

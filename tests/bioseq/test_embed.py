@@ -532,14 +532,15 @@ def test_read_embeddings_rejects_foreign_files(tmp_path):
 
 @pytest.fixture
 def hyena_tiny():
-    models = pytest.importorskip("models")
+    from bioseq import models
     torch.manual_seed(0)
     return models.build_backbone(preset="hyenadna-tiny-1k").eval()
 
 
 @pytest.fixture
 def dna_tok():
-    return pytest.importorskip("bioseq.tokenizers").get_tokenizer("dna")
+    from bioseq import tokenizers
+    return tokenizers.get_tokenizer("dna")
 
 
 def test_batch_invariance_real_hyena_tiny(tmp_path, hyena_tiny, dna_tok):
@@ -621,7 +622,6 @@ def test_cli_checkpoint_dir_records_weights_hash(tmp_path, hyena_tiny, dna_tok):
     (">a\nACGT\n>a\nACGT\n", "duplicate"),
 ])
 def test_cli_bad_input_exit_2_one_line_no_output(tmp_path, content, message, capsys):
-    pytest.importorskip("models")
     from bioseq.cli import main
 
     fa = tmp_path / "bad.fa"
@@ -634,7 +634,6 @@ def test_cli_bad_input_exit_2_one_line_no_output(tmp_path, content, message, cap
 
 
 def test_cli_unknown_characters_as_unk(tmp_path, capsys):
-    pytest.importorskip("models")
     from bioseq.cli import main
 
     fa = write_fasta(tmp_path / "x.fa", ["ACJT", "ACGT", "XXAC"])
@@ -655,7 +654,6 @@ def test_cli_warnings_are_one_line(tmp_path):
     import subprocess
     import sys
 
-    pytest.importorskip("models")
     fa = write_fasta(tmp_path / "x.fa", ["ACJT", "ACGT"])
     cmd = [sys.executable, "-m", "bioseq.cli", "embed", "-q", "-m", "hyenadna-tiny-1k", str(fa),
            "-o", str(tmp_path / "x.h5"), "--unknown", "unk"]
@@ -670,7 +668,6 @@ def test_cli_warnings_are_one_line(tmp_path):
 
 
 def test_cli_protein_preset_override_and_long_chunk(tmp_path, capsys):
-    pytest.importorskip("models")
     from bioseq.cli import main
 
     fa = write_fasta(tmp_path / "p.faa", ["MKTAYIAKQRQISFVKSHFSRQ", "MSTNPKPQRKTKRNTNRRPQDVKFPGG" * 3])
@@ -687,7 +684,6 @@ def test_cli_protein_preset_override_and_long_chunk(tmp_path, capsys):
 
 
 def test_cli_smiles_csv(tmp_path):
-    pytest.importorskip("models")
     from bioseq.cli import main
 
     csv_path = tmp_path / "m.csv"
@@ -700,7 +696,6 @@ def test_cli_smiles_csv(tmp_path):
 
 def test_killed_run_leaves_no_output_and_resumes_identically(tmp_path):
     """SIGKILL mid-run: no out.h5; --resume finishes it and the datasets equal an uninterrupted run."""
-    pytest.importorskip("models")
     from bioseq.cli import main
 
     rng = np.random.default_rng(7)
@@ -813,7 +808,7 @@ def test_ecoli_chromosome_long_chunk_bounded_memory(shared, tmp_path):
 @pytest.mark.slow
 def test_ecoli_proteome_with_tiny_protein_model(shared, tmp_path):
     """All 4,298 proteins embed in input order with a random tiny protein Hyena; rows match alone runs."""
-    models = pytest.importorskip("models")
+    from bioseq import models
     from bioseq.tokenizers import get_tokenizer
 
     faa = shared("data", "protein", "ecoli_k12_proteome_GCF_000005845.2.faa.gz")

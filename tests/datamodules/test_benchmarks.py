@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules import benchmark_files as bm
-from datamodules.benchmark_files import (
+from bioseq.datamodules import benchmark_files as bm
+from bioseq.datamodules.benchmark_files import (
     GENOMIC_BENCHMARKS,
     NT_TASKS,
     BenchmarkDataError,
@@ -24,7 +24,7 @@ from datamodules.benchmark_files import (
     reverse_complement,
     stratified_split,
 )
-from datamodules.benchmarks import SequenceClassificationDataModule
+from bioseq.datamodules.benchmarks import SequenceClassificationDataModule
 from tests.conftest import shared_path
 
 GB = ("data", "genomic_benchmarks")

@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader
 
 from bioseq.errors import BioseqError
 from bioseq.tokenizers import DnaTokenizer
-from datamodules.collate import IGNORE_INDEX, LMCollator, shard_positions
-from datamodules.genome import GenomeDataModule, GenomeWindows
-from datamodules.length_warmup import LengthSchedule, SequenceLengthWarmup, doubling_stages
+from bioseq.datamodules.collate import IGNORE_INDEX, LMCollator, shard_positions
+from bioseq.datamodules.genome import GenomeDataModule, GenomeWindows
+from bioseq.datamodules.length_warmup import LengthSchedule, SequenceLengthWarmup, doubling_stages
 
 TOK = DnaTokenizer()
 

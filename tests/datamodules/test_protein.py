@@ -8,8 +8,8 @@ from torch.utils.data import DataLoader
 
 from bioseq.errors import BioseqError
 from bioseq.tokenizers import ProteinTokenizer
-from datamodules.collate import LMCollator
-from datamodules.protein import ProteinDataModule, clean_aligned, read_alignment, split_of
+from bioseq.datamodules.collate import LMCollator
+from bioseq.datamodules.protein import ProteinDataModule, clean_aligned, read_alignment, split_of
 
 TOK = ProteinTokenizer()
 AA = np.array(list("ACDEFGHIKLMNPQRSTVWY"))

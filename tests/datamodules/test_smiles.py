@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from bioseq.errors import BioseqError
 from bioseq.tokenizers import SmilesTokenizer
-from datamodules.collate import LMCollator
-from datamodules.smiles import SmilesDataModule, read_smiles
+from bioseq.datamodules.collate import LMCollator
+from bioseq.datamodules.smiles import SmilesDataModule, read_smiles
 
 MOLS = [
     "CCO",

@@ -9,10 +9,10 @@ import torch
 from sklearn import metrics as skm
 from torch.utils.data import DataLoader
 
-from datamodules.benchmark_files import LabeledSequences
-from datamodules.benchmarks import TokenizedSequenceDataset, make_collate
-from finetune.classifier import SequenceClassifier
-from finetune.heads import PredictionHead, SequenceModel, pool
+from bioseq.datamodules.benchmark_files import LabeledSequences
+from bioseq.datamodules.benchmarks import TokenizedSequenceDataset, make_collate
+from bioseq.finetune.classifier import SequenceClassifier
+from bioseq.finetune.heads import PredictionHead, SequenceModel, pool
 
 TINY = dict(d_model=16, n_layer=1, d_inner=32, l_max=66, filter_order=16, embed_dropout=0.0)
 
@@ -37,7 +37,7 @@ def test_pooling_respects_the_mask():
 
 def test_rc_average_is_strand_invariant():
     from bioseq.tokenizers import get_tokenizer
-    from models import build_backbone
+    from bioseq.models import build_backbone
 
     tok = get_tokenizer("dna")
     backbone = build_backbone(preset="hyenadna-tiny-1k", **TINY).eval()
@@ -139,7 +139,7 @@ def test_learns_a_motif():
 
 
 def test_pretrained_directory_freeze_and_layerwise_lr(tmp_path):
-    from models import build_backbone
+    from bioseq.models import build_backbone
 
     backbone = build_backbone(preset="hyenadna-tiny-1k", **{**TINY, "n_layer": 2})
     backbone.save_pretrained(tmp_path / "bb")
@@ -172,7 +172,7 @@ def test_regression_task_runs():
 
 
 def test_prediction_writer_writes_dataset_order(tmp_path):
-    from finetune.classifier import PredictionWriter
+    from bioseq.finetune.classifier import PredictionWriter
 
     loader = _loader(20, 30, 6, shuffle=False)
     out = tmp_path / "preds.tsv"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bioseq.cli import main as cli
-from finetune.probe import classification_metrics, fit_probe, kmer_features, labels_for_ids
+from bioseq.finetune.probe import classification_metrics, fit_probe, kmer_features, labels_for_ids
 from tests.conftest import shared_path
 
 
@@ -101,7 +101,7 @@ def test_probe_cli_kmer_on_real_gue(tmp_path, capsys):
 def test_probe_cli_reads_bioseq_embed_files_and_in_process(tmp_path):
     from bioseq.embed import EmbedOptions, embed_to_file, iter_fasta
     from bioseq.tokenizers import get_tokenizer
-    from models import build_backbone
+    from bioseq.models import build_backbone
 
     rng = np.random.default_rng(0)
     backbone = build_backbone(preset="hyenadna-tiny-1k", d_model=16, n_layer=1, d_inner=32, l_max=66)
@@ -193,7 +193,7 @@ def test_probe_cli_reads_bioseq_embed_files_and_in_process(tmp_path):
         == 0
     )
     # in-process mean pooling equals the embed engine's mean pooling on the same sequences
-    from finetune.probe import embedding_features, load_embedding_file
+    from bioseq.finetune.probe import embedding_features, load_embedding_file
 
     ids, x_file = load_embedding_file(files["test"][1], "mean")
     seqs = [r.seq for r in iter_fasta([files["test"][0]])]

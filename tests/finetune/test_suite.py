@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from bioseq.cli import main as cli
-from datamodules.benchmark_files import NT_TASKS, read_table, stratified_split
-from finetune import suite
+from bioseq.datamodules.benchmark_files import NT_TASKS, read_table, stratified_split
+from bioseq.finetune import suite
 from tests.conftest import shared_path
 
 
@@ -116,7 +116,7 @@ def _split_real(tmp_path, name: str, n: int | None = None):
 
 
 def test_benchmark_cli_tiny_run(tmp_path, capsys):
-    from models import build_backbone
+    from bioseq.models import build_backbone
 
     files = _split_real(tmp_path, "human_nontata_promoters", n=200)
     # any backbone directory of the contract works; a tiny one keeps this test short
@@ -155,7 +155,7 @@ def test_benchmark_cli_tiny_run(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_benchmark_and_probe_two_real_datasets(tmp_path):
-    from models import build_backbone
+    from bioseq.models import build_backbone
 
     names = ["human_nontata_promoters", "human_enhancers_cohn"]
     for name in names:

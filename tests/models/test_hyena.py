@@ -11,8 +11,8 @@ import torch
 from bioseq.checkpoints import convert_hyena_official
 from bioseq.errors import BioseqError
 from bioseq.ops.fftconv import filter_spectrum
-from models import build_backbone, load_backbone
-from models.hyena import PRESETS, HyenaConfig, HyenaDNA
+from bioseq.models import build_backbone, load_backbone
+from bioseq.models.hyena import PRESETS, HyenaConfig, HyenaDNA
 from tests.conftest import shared_path
 
 PRESET_PARAMS = {
@@ -249,7 +249,7 @@ def test_config_roundtrip_and_unknown_field():
 
 
 def test_mlp_recomputed_gelu_gradients():
-    from models.hyena import _GeluLinear
+    from bioseq.models.hyena import _GeluLinear
 
     g = torch.Generator().manual_seed(0)
     shapes = ((2, 3, 6), (4, 6), (4,))

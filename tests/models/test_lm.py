@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bioseq.errors import BioseqError
-from models.lm import IGNORE_INDEX, LanguageModel, mlm_mask, special_token_ids
+from bioseq.models.lm import IGNORE_INDEX, LanguageModel, mlm_mask, special_token_ids
 
 
 class ToyDnaTokenizer:
@@ -255,8 +255,7 @@ def dna_batches(n=4, batch=2, length=64, seed=0):
 
 
 def test_hyena_checkpoint_roundtrip_and_export(tmp_path):
-    import models
-
+    from bioseq import models
     model = tiny_hyena(lr=1e-3)
     assert model.tokenizer.name == "dna" and model.backbone.vocab_size == 16
     t = trainer(tmp_path, max_steps=2)
@@ -296,7 +295,7 @@ def test_ddp_validation_perplexity_matches_single_process(tmp_path):
     import dataclasses as dc
 
     from bioseq import synthetic
-    from datamodules.genome import GenomeDataModule
+    from bioseq.datamodules.genome import GenomeDataModule
 
     cfg = dc.replace(synthetic.SyntheticConfig(), chromosomes=(("c1", 20_000), ("c2", 10_000)))
     fasta = synthetic.write_fasta(tmp_path / "g.fa", synthetic.generate_genome(cfg)[0])

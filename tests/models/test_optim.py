@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.optim import build_optimizer, cosine_with_warmup, param_groups, resolve_warmup
+from bioseq.models.optim import build_optimizer, cosine_with_warmup, param_groups, resolve_warmup
 
 
 class Toy(nn.Module):

@@ -31,7 +31,7 @@ def base_args(fasta: Path, root: Path, *extra: str) -> list[str]:
     return [
         "--model.arch", "hyena", "--model.backbone_config", TINY_BACKBONE, "--model.lr", "3e-3",
         "--model.warmup_steps", "2", "--model.total_steps", "12",
-        "--data.class_path", "datamodules.genome.GenomeDataModule", "--data.fasta", str(fasta),
+        "--data.class_path", "bioseq.datamodules.genome.GenomeDataModule", "--data.fasta", str(fasta),
         "--data.max_length", "64", "--data.batch_size", "4", "--data.add_eos", "true",
         "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.enable_progress_bar", "false",
         "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(root), *extra,
@@ -58,7 +58,7 @@ def test_print_config(genome, tmp_path, capsys):
     assert exc.value.code in (0, None)
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["backbone_config"] == {"d_model": 32, "n_layer": 1, "l_max": 130}
-    assert cfg["data"]["class_path"] == "datamodules.genome.GenomeDataModule"
+    assert cfg["data"]["class_path"] == "bioseq.datamodules.genome.GenomeDataModule"
     assert cfg["data"]["init_args"]["fasta"] == str(genome)
 
 
