@@ -15,8 +15,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-
 from bioseq.datamodules.benchmark_files import (
     GENOMIC_BENCHMARKS,
     BenchmarkDataError,
@@ -29,6 +27,7 @@ from bioseq.datamodules.benchmark_files import (
     read_gb_layout,
     stratified_split,
 )
+from torch.utils.data import DataLoader, Dataset
 
 
 # --------------------------------------------------------------------------------------------------

@@ -37,10 +37,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-
-from bioseq.errors import BioseqError
-from bioseq.fasta import read_fasta
-from bioseq.tokenizers import ProteinTokenizer
 from bioseq.datamodules.collate import (
     EpochDataLoader,
     ShardedIterable,
@@ -49,6 +45,10 @@ from bioseq.datamodules.collate import (
     trainer_loader,
     worker_info,
 )
+
+from bioseq.errors import BioseqError
+from bioseq.fasta import read_fasta
+from bioseq.tokenizers import ProteinTokenizer
 
 __all__ = [
     "ProteinDataModule",

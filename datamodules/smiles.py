@@ -37,9 +37,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-
-from bioseq.errors import BioseqError, locate
-from bioseq.tokenizers import SmilesTokenizer, load_tokenizer
 from bioseq.datamodules.collate import (
     EpochDataLoader,
     ShardedIterable,
@@ -47,6 +44,9 @@ from bioseq.datamodules.collate import (
     hash_fraction,
     trainer_loader,
 )
+
+from bioseq.errors import BioseqError, locate
+from bioseq.tokenizers import SmilesTokenizer, load_tokenizer
 
 __all__ = ["SmilesDataModule", "SmilesExamples", "read_smiles"]
 

@@ -49,8 +49,8 @@ def main(argv: list[str]) -> int:
 
     import numpy as np
 
-    from bioseq.errors import BioseqError
     from bioseq.datamodules.benchmark_files import read_file, read_labels_file
+    from bioseq.errors import BioseqError
     from bioseq.finetune import probe
     from bioseq.finetune.suite import write_results
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import gzip
 
 import pytest
+from bioseq.datamodules.collate import LMCollator
+from bioseq.datamodules.smiles import SmilesDataModule, read_smiles
 from torch.utils.data import DataLoader
 
 from bioseq.errors import BioseqError
 from bioseq.tokenizers import SmilesTokenizer
-from bioseq.datamodules.collate import LMCollator
-from bioseq.datamodules.smiles import SmilesDataModule, read_smiles
 
 MOLS = [
     "CCO",

@@ -6,9 +6,8 @@ import math
 
 import pytest
 import torch
-from torch import nn
-
 from bioseq.models.optim import build_optimizer, cosine_with_warmup, param_groups, resolve_warmup
+from torch import nn
 
 
 class Toy(nn.Module):
