@@ -102,10 +102,11 @@ def child(args) -> None:
     global _WORKER_START
     import multiprocessing
 
-    import bioseq.datamodules.genome as genome
     import torch
-    from bioseq.datamodules.collate import LMCollator
     from torch.utils.data import DataLoader
+
+    import bioseq.datamodules.genome as genome
+    from bioseq.datamodules.collate import LMCollator
 
     torch.set_num_threads(1)
     _WORKER_START = multiprocessing.Value("d", 0.0)

@@ -145,9 +145,10 @@ def _epoch_printer():
 def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
     import lightning as L
     import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     from bioseq.datamodules.benchmarks import SequenceClassificationDataModule
     from bioseq.finetune.classifier import SequenceClassifier
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
     torch.set_num_threads(a.threads)
     L.seed_everything(0, verbose=False)

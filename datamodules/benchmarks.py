@@ -15,6 +15,8 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
+
 from bioseq.datamodules.benchmark_files import (
     GENOMIC_BENCHMARKS,
     BenchmarkDataError,
@@ -27,7 +29,6 @@ from bioseq.datamodules.benchmark_files import (
     read_gb_layout,
     stratified_split,
 )
-from torch.utils.data import DataLoader, Dataset
 
 
 # --------------------------------------------------------------------------------------------------

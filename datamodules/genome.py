@@ -50,8 +50,8 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-from bioseq.datamodules.collate import EpochDataLoader, ShardedIterable, check_positive, trainer_loader
 
+from bioseq.datamodules.collate import EpochDataLoader, ShardedIterable, check_positive, trainer_loader
 from bioseq.errors import BioseqError, locate
 from bioseq.fasta import FastaError, IndexedFasta, cache_root, detect_compression, ensure_index
 from bioseq.tokenizers import DnaTokenizer

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+
 from bioseq.datamodules.collate import (
     EpochDataLoader,
     ShardedIterable,
@@ -45,7 +46,6 @@ from bioseq.datamodules.collate import (
     trainer_loader,
     worker_info,
 )
-
 from bioseq.errors import BioseqError
 from bioseq.fasta import read_fasta
 from bioseq.tokenizers import ProteinTokenizer

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
+
 from bioseq.datamodules.collate import (
     EpochDataLoader,
     ShardedIterable,
@@ -44,7 +45,6 @@ from bioseq.datamodules.collate import (
     hash_fraction,
     trainer_loader,
 )
-
 from bioseq.errors import BioseqError, locate
 from bioseq.tokenizers import SmilesTokenizer, load_tokenizer
 

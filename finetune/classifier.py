@@ -29,12 +29,12 @@ import re
 import lightning as L
 import torch
 import torchmetrics as tm
-from bioseq.finetune.heads import PredictionHead, SequenceModel
-from bioseq.models.optim import cosine_with_warmup, param_groups, resolve_warmup
 from torch import nn
 from torch.nn import functional as F
 
 from bioseq.errors import BioseqError
+from bioseq.finetune.heads import PredictionHead, SequenceModel
+from bioseq.models.optim import cosine_with_warmup, param_groups, resolve_warmup
 
 
 def _config_dict(backbone: nn.Module) -> dict | None:

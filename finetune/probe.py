@@ -160,6 +160,7 @@ def embedding_features(
     cut to ``max_length`` tokens, and pooled with :func:`finetune.heads.pool` over the real tokens.
     """
     import torch
+
     from bioseq.finetune.heads import pool
 
     backbone = backbone.to(device).eval()

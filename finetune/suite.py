@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from bioseq.finetune.published import CITATIONS, published_for
 
 from bioseq.errors import BioseqError
+from bioseq.finetune.published import CITATIONS, published_for
 
 CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs" / "finetune"
 SUITES = {"genomic-benchmarks": "genomic_benchmarks", "nucleotide-transformer": "nucleotide_transformer"}
@@ -127,6 +127,7 @@ def _data_args(item: SuiteItem, data_dir: str | None, data_files: dict | None) -
 def kmer_baseline(item: SuiteItem, data_args: list[str], k: int = 6, seed: int = 0) -> dict:
     """k-mer logistic-regression baseline on the same train (train + val) / test data as the runs."""
     import yaml
+
     from bioseq.datamodules.benchmarks import SequenceClassificationDataModule
     from bioseq.finetune.probe import fit_probe, kmer_features
 

@@ -12,10 +12,10 @@ import json
 from pathlib import Path
 
 import torch.nn as nn
-from bioseq.models.hyena import PRESETS as HYENA_PRESETS
-from bioseq.models.hyena import HyenaConfig, HyenaDNA
 
 from bioseq.errors import BioseqError
+from bioseq.models.hyena import PRESETS as HYENA_PRESETS
+from bioseq.models.hyena import HyenaConfig, HyenaDNA
 
 ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "hyena": (HyenaConfig, HyenaDNA),

@@ -42,10 +42,10 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from bioseq.models.optim import build_optimizer
 from torch import nn
 
 from bioseq.errors import BioseqError
+from bioseq.models.optim import build_optimizer
 
 OBJECTIVES = ("clm", "mlm")
 IGNORE_INDEX = -100

@@ -10,8 +10,6 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from bioseq.models import load_backbone, load_tokenizer_for
-from bioseq.models.hyena import HyenaConfig, HyenaDNA
 from safetensors.torch import load_file, save_file
 
 from bioseq.checkpoints import (
@@ -24,6 +22,8 @@ from bioseq.checkpoints import (
     resolve_pretrained,
 )
 from bioseq.errors import BioseqError
+from bioseq.models import load_backbone, load_tokenizer_for
+from bioseq.models.hyena import HyenaConfig, HyenaDNA
 from tests.conftest import shared_path
 
 HF_CONFIG = {  # the -hf port's config.json for hyenadna-tiny-1k-seqlen-hf

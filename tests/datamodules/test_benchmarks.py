@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from bioseq.datamodules import benchmark_files as bm
 from bioseq.datamodules.benchmark_files import (
     GENOMIC_BENCHMARKS,
@@ -24,7 +25,6 @@ from bioseq.datamodules.benchmark_files import (
     stratified_split,
 )
 from bioseq.datamodules.benchmarks import SequenceClassificationDataModule
-
 from tests.conftest import shared_path
 
 GB = ("data", "genomic_benchmarks")

@@ -7,11 +7,11 @@ import gzip
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
+
 from bioseq.datamodules.collate import IGNORE_INDEX, LMCollator, shard_positions
 from bioseq.datamodules.genome import GenomeDataModule, GenomeWindows
 from bioseq.datamodules.length_warmup import LengthSchedule, SequenceLengthWarmup, doubling_stages
-from torch.utils.data import DataLoader
-
 from bioseq.errors import BioseqError
 from bioseq.tokenizers import DnaTokenizer
 

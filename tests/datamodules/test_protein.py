@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from bioseq.datamodules.collate import LMCollator
-from bioseq.datamodules.protein import ProteinDataModule, clean_aligned, read_alignment, split_of
 from torch.utils.data import DataLoader
 
+from bioseq.datamodules.collate import LMCollator
+from bioseq.datamodules.protein import ProteinDataModule, clean_aligned, read_alignment, split_of
 from bioseq.errors import BioseqError
 from bioseq.tokenizers import ProteinTokenizer
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import gzip
 
 import pytest
-from bioseq.datamodules.collate import LMCollator
-from bioseq.datamodules.smiles import SmilesDataModule, read_smiles
 from torch.utils.data import DataLoader
 
+from bioseq.datamodules.collate import LMCollator
+from bioseq.datamodules.smiles import SmilesDataModule, read_smiles
 from bioseq.errors import BioseqError
 from bioseq.tokenizers import SmilesTokenizer
 

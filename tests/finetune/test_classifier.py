@@ -6,12 +6,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from sklearn import metrics as skm
+from torch.utils.data import DataLoader
+
 from bioseq.datamodules.benchmark_files import LabeledSequences
 from bioseq.datamodules.benchmarks import TokenizedSequenceDataset, make_collate
 from bioseq.finetune.classifier import SequenceClassifier
 from bioseq.finetune.heads import PredictionHead, SequenceModel, pool
-from sklearn import metrics as skm
-from torch.utils.data import DataLoader
 
 TINY = dict(d_model=16, n_layer=1, d_inner=32, l_max=66, filter_order=16, embed_dropout=0.0)
 
@@ -36,7 +37,6 @@ def test_pooling_respects_the_mask():
 
 def test_rc_average_is_strand_invariant():
     from bioseq.models import build_backbone
-
     from bioseq.tokenizers import get_tokenizer
 
     tok = get_tokenizer("dna")

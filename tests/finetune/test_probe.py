@@ -7,9 +7,9 @@ import itertools
 
 import numpy as np
 import pytest
-from bioseq.finetune.probe import classification_metrics, fit_probe, kmer_features, labels_for_ids
 
 from bioseq.cli import main as cli
+from bioseq.finetune.probe import classification_metrics, fit_probe, kmer_features, labels_for_ids
 from tests.conftest import shared_path
 
 
@@ -99,9 +99,8 @@ def test_probe_cli_kmer_on_real_gue(tmp_path, capsys):
 
 
 def test_probe_cli_reads_bioseq_embed_files_and_in_process(tmp_path):
-    from bioseq.models import build_backbone
-
     from bioseq.embed import EmbedOptions, embed_to_file, iter_fasta
+    from bioseq.models import build_backbone
     from bioseq.tokenizers import get_tokenizer
 
     rng = np.random.default_rng(0)

@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from bioseq.datamodules.benchmark_files import NT_TASKS, read_table, stratified_split
-from bioseq.finetune import suite
 
 from bioseq.cli import main as cli
+from bioseq.datamodules.benchmark_files import NT_TASKS, read_table, stratified_split
+from bioseq.finetune import suite
 from tests.conftest import shared_path
 
 

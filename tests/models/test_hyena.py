@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from bioseq.models import build_backbone, load_backbone
-from bioseq.models.hyena import PRESETS, HyenaConfig, HyenaDNA
 
 from bioseq.checkpoints import convert_hyena_official
 from bioseq.errors import BioseqError
+from bioseq.models import build_backbone, load_backbone
+from bioseq.models.hyena import PRESETS, HyenaConfig, HyenaDNA
 from bioseq.ops.fftconv import filter_spectrum
 from tests.conftest import shared_path
 

@@ -11,11 +11,11 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from bioseq.models.lm import IGNORE_INDEX, LanguageModel, mlm_mask, special_token_ids
 from torch import nn
 from torch.utils.data import DataLoader
 
 from bioseq.errors import BioseqError
+from bioseq.models.lm import IGNORE_INDEX, LanguageModel, mlm_mask, special_token_ids
 
 
 class ToyDnaTokenizer:
@@ -294,9 +294,8 @@ def test_ddp_validation_perplexity_matches_single_process(tmp_path):
     """Two CPU ranks (ddp_spawn, gloo) score disjoint windows; the reduced ppl equals one process's."""
     import dataclasses as dc
 
-    from bioseq.datamodules.genome import GenomeDataModule
-
     from bioseq import synthetic
+    from bioseq.datamodules.genome import GenomeDataModule
 
     cfg = dc.replace(synthetic.SyntheticConfig(), chromosomes=(("c1", 20_000), ("c2", 10_000)))
     fasta = synthetic.write_fasta(tmp_path / "g.fa", synthetic.generate_genome(cfg)[0])

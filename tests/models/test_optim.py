@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
-from bioseq.models.optim import build_optimizer, cosine_with_warmup, param_groups, resolve_warmup
 from torch import nn
+
+from bioseq.models.optim import build_optimizer, cosine_with_warmup, param_groups, resolve_warmup
 
 
 class Toy(nn.Module):
