@@ -27,14 +27,13 @@ parameters) it is computed once per (length, dtype, device) and cached; the cach
 ``train()`` and whenever a filter parameter is modified (keyed on the tensors' version counters
 and storage pointers).
 
-Official checkpoints (Lightning ``weights.ckpt``, the ``-hf`` port) load through
-``HyenaDNA.from_pretrained``; key conversion lives in ``bioseq.checkpoints``.
+Official checkpoints (Lightning ``weights.ckpt``, the ``-hf`` port) are the two foreign layouts this
+family registers (``FAMILY`` at the end); ``bioseq.models.load_backbone`` reads them, key conversion
+lives in ``bioseq.checkpoints``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from torch.utils.checkpoint import checkpoint
 
 from bioseq import checkpoints as ckpt
 from bioseq.errors import BioseqError
+from bioseq.models.base import Backbone, BackboneConfig, Family, Layout
 from bioseq.ops.causal_conv1d import causal_conv1d
 from bioseq.ops.fftconv import fftconv, fftconv_backend, filter_spectrum
 
@@ -56,7 +56,7 @@ from bioseq.ops.fftconv import fftconv, fftconv_backend, filter_spectrum
 
 
 @dataclass
-class HyenaConfig:
+class HyenaConfig(BackboneConfig):
     """HyenaDNA hyperparameters (official field names where the official code has one).
 
     ``vocab_size`` is the tokenizer's vocabulary (12 for DNA); the embedding has
@@ -92,6 +92,7 @@ class HyenaConfig:
     pad_vocab_size_multiple: int = 8
     initializer_range: float = 0.02
     gradient_checkpointing: bool = False  # recompute each block in backward (memory at long L)
+    tie_word_embeddings: bool = True      # False: an own lm_head (the -hf port saves one)
     # bioseq
     arch: str = "hyena"
     alphabet: str = "dna"
@@ -110,18 +111,6 @@ class HyenaConfig:
     def padded_vocab_size(self) -> int:
         m = max(1, self.pad_vocab_size_multiple)
         return -(-self.vocab_size // m) * m
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> HyenaConfig:
-        """Build from a bioseq config dict; unknown keys are an error (they would be silently lost)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise BioseqError(f"HyenaConfig: unknown field(s) {unknown}")
-        return cls(**d)
 
     @classmethod
     def from_official(cls, d: dict[str, Any], **overrides) -> HyenaConfig:
@@ -203,7 +192,7 @@ HUB_REPOS: dict[str, str] = {
 def get_preset(name: str, **overrides) -> HyenaConfig:
     if name not in PRESETS:
         raise BioseqError(f"unknown HyenaDNA preset {name!r}; known: {', '.join(PRESETS)}")
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return PRESETS[name].replace(**overrides)
 
 
 def _no_decay(p: nn.Parameter) -> nn.Parameter:
@@ -430,34 +419,37 @@ class Block(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 
-class HyenaDNA(nn.Module):
+class HyenaDNA(Backbone):
     """HyenaDNA backbone: token ids [B, L] -> hidden states [B, L, d_model] (final LayerNorm applied).
 
     Causal: position t sees tokens 0..t only, so right padding never changes a real token's output.
     Left padding is processed as ordinary tokens (as in the reference); ``attention_mask`` is
-    accepted for interface compatibility and does not change the computation.
+    accepted for interface compatibility and does not change the computation. No recurrent state
+    (the long convolution has none), so ``supports_state`` is False.
     """
 
-    supports_step = False
-    causal = True
+    arch = "hyena"
 
     def __init__(self, config: HyenaConfig):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.d_model = config.d_model
-        self.vocab_size = config.padded_vocab_size
-        self.embed_tokens = nn.Embedding(self.vocab_size, config.d_model)
+        self.embed_tokens = nn.Embedding(config.padded_vocab_size, config.d_model)
         self.drop_emb = nn.Dropout(config.embed_dropout)
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
+        self.make_lm_head(config.d_model, config.padded_vocab_size)
         self.reset_parameters()
+
+    @property
+    def max_length(self) -> int:
+        return int(self.config.l_max)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
         """The reference initialisation: N(0, 0.02) linears/embedding, zero biases, output projections
         scaled by 1/sqrt(2 n_layer), filter skip bias ~ N(0, 1), Sin frequency = activation_freq."""
         std = self.config.initializer_range
-        for m in self.modules():
+        for m in self.modules():  # (an untied lm_head is a bias-free Linear: N(0, std) as well)
             if isinstance(m, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(m.weight, std=std)
                 if getattr(m, "bias", None) is not None:
@@ -470,12 +462,13 @@ class HyenaDNA(nn.Module):
             filt.freq.fill_(float(self.config.activation_freq))
 
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, output_hidden_states: bool = False):
+                inputs_embeds: torch.Tensor | None = None, output_hidden_states: bool = False, state=None):
         """Args: input_ids [B, L] (or inputs_embeds [B, L, D]); attention_mask [B, L] (unused, see class doc).
 
         Returns hidden [B, L, D]; with ``output_hidden_states`` also a tuple of n_layer + 1 tensors
         [B, L, D]: the embeddings and the residual stream after each block (before ``ln_f``).
         """
+        self.check_state_arg(state)
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         L = x.shape[1]
         if L > self.config.l_max:
@@ -498,52 +491,6 @@ class HyenaDNA(nn.Module):
             block.mixer.filter_fn.cache_enabled = enabled
             block.mixer.filter_fn.clear_cache()
 
-    def num_parameters(self) -> int:
-        """Trainable + frozen parameters (buffers excluded; shared tensors counted once)."""
-        return sum(p.numel() for p in self.parameters())
-
-    # --- checkpoints ------------------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | Path, tokenizer=None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json`` when given)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        ckpt.save_safetensors(self.state_dict(), directory / "model.safetensors",
-                              metadata={"format": "bioseq", "arch": "hyena"})
-        if tokenizer is not None:
-            tokenizer.save(directory / "tokenizer.json")
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, path_or_preset: str | Path, *, return_extras: bool = False, strict: bool = True,
-                        **config_overrides):
-        """Load from a directory in any supported layout, or download a released preset.
-
-        Layouts: bioseq (config.json + model.safetensors), official (config.json + Lightning
-        weights.ckpt), -hf (config.json + pytorch_model.bin / model.safetensors). A preset name
-        (``hyenadna-tiny-1k``) or a Hub id (``LongSafari/...``) is downloaded when huggingface_hub
-        is installed and online. ``config_overrides`` replace config fields (e.g.
-        ``modulation_shift=0.0``, ``gradient_checkpointing=True``).
-
-        With ``return_extras=True`` returns ``(model, extras)``; ``extras["lm_head.weight"]`` holds an
-        untied LM head when the checkpoint has one (-hf), else extras is empty.
-        """
-        directory = ckpt.resolve_pretrained(path_or_preset, HUB_REPOS)
-        layout = ckpt.detect_layout(directory)
-        raw_config = json.loads((directory / "config.json").read_text())
-        if layout == "bioseq":
-            config = HyenaConfig.from_dict({**raw_config, **config_overrides})
-            state, extras = ckpt.load_state_dict_file(directory / "model.safetensors"), {}
-        else:
-            config = HyenaConfig.from_official(raw_config, **config_overrides)
-            raw_state = ckpt.load_state_dict_file(ckpt.weights_file(directory))
-            state, extras = ckpt.convert_hyena_official(raw_state, return_extras=True)
-        model = cls(config)
-        model.load_converted_state_dict(state, strict=strict, source=directory)
-        model._source_dir = directory
-        return (model, extras) if return_extras else model
-
     def load_converted_state_dict(self, state: dict[str, torch.Tensor], *, strict: bool = True,
                                   source: object = None) -> None:
         """``load_state_dict`` for bioseq-named tensors; a checkpoint's copies of the recomputed buffers
@@ -556,7 +503,43 @@ class HyenaDNA(nn.Module):
             if given.shape != ours.shape or (given.float() - ours.float()).abs().max() > 1e-5:
                 raise BioseqError(f"{source}: {key} differs from the value implied by config.json "
                                   "(trained positional features are not supported)")
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        if strict and (missing or unexpected):
-            raise BioseqError(f"{source}: checkpoint does not match the config: missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}")
+        super().load_converted_state_dict(state, strict=strict, source=source)
+
+
+# --------------------------------------------------------------------------------------------------
+# Official layouts and the family record
+# --------------------------------------------------------------------------------------------------
+
+
+def _is_official(directory: Path, raw: dict | None) -> bool:
+    """The HyenaDNA repository's hydra model config (``layer`` sub-dict) + a Lightning ``.ckpt``."""
+    return raw is not None and isinstance(raw.get("layer"), dict) and any(directory.glob("*.ckpt"))
+
+
+def _is_hf(directory: Path, raw: dict | None) -> bool:
+    """The ``-hf`` port: its HyenaConfig json (``max_seq_len``) + pytorch_model.bin / model.safetensors."""
+    return raw is not None and (raw.get("model_type") == "hyenadna" or "max_seq_len" in raw) and (
+        (directory / "pytorch_model.bin").is_file() or (directory / "model.safetensors").is_file())
+
+
+def _load_official(directory: Path, raw: dict, overrides: dict) -> HyenaDNA:
+    state, extras = ckpt.convert_hyena_official(ckpt.load_state_dict_file(ckpt.weights_file(directory)),
+                                                return_extras=True)
+    untied = "lm_head.weight" in extras
+    overrides = {"tie_word_embeddings": not untied, **overrides}
+    model = HyenaDNA(HyenaConfig.from_official(raw, **overrides))
+    if untied and not model.tie_word_embeddings:
+        state["lm_head.weight"] = extras["lm_head.weight"]
+    model.load_converted_state_dict(state, source=directory)
+    return model
+
+
+LAYOUTS = (
+    Layout("hyena-official", "HyenaDNA repository: hydra config.json with 'layer' + Lightning weights.ckpt",
+           _is_official, _load_official),
+    Layout("hyena-hf", "HyenaDNA -hf port: config.json with 'max_seq_len' + pytorch_model.bin or "
+           "model.safetensors", _is_hf, _load_official),
+)
+
+FAMILY = Family(arch="hyena", config=HyenaConfig, module=HyenaDNA, presets=PRESETS, layouts=LAYOUTS,
+                hub_repos=HUB_REPOS)

@@ -107,8 +107,8 @@ def test_official_lightning_dir(tmp_path, fixture, wrapped):
     with pytest.raises(pickle.UnpicklingError):  # weights_only refuses the foreign hyper_parameters
         torch.load(path / "weights.ckpt", weights_only=True)
     assert detect_layout(path) == "official"
-    model, extras = HyenaDNA.from_pretrained(path, return_extras=True)
-    assert extras == {}  # the tied lm_head is dropped
+    model = HyenaDNA.from_pretrained(path)
+    assert model.tie_word_embeddings and model.lm_head is None  # the tied lm_head is the embedding
     check_logits(model, fixture)
     assert isinstance(load_backbone(str(path)), HyenaDNA)
 
@@ -129,12 +129,16 @@ def test_hf_dir_with_untied_head(tmp_path, fixture, weights):
         torch.save(sd, tmp_path / weights)
     (tmp_path / "config.json").write_text(json.dumps(HF_CONFIG))
     assert detect_layout(tmp_path) == "hf"
-    model, extras = load_backbone(str(tmp_path), return_extras=True)
-    assert set(extras) == {"lm_head.weight"}
-    logits = check_logits(model, fixture, head=extras["lm_head.weight"])
+    model = load_backbone(str(tmp_path))
+    assert not model.tie_word_embeddings and torch.equal(model.lm_head.weight, head)
+    logits = check_logits(model, fixture, head=model.lm_head.weight)
     with torch.no_grad():
         expected = fixture["hidden_states"] @ head.T
+        assert (model.lm_logits(model(fixture["input_ids"])) - expected).abs().max() <= 1e-4
     assert (logits - expected).abs().max() <= 1e-4
+    model.save_pretrained(tmp_path / "exported")  # the untied head is saved and loaded with the backbone
+    again = load_backbone(tmp_path / "exported")
+    assert not again.tie_word_embeddings and torch.equal(again.lm_head.weight, head)
 
 
 def test_bioseq_dir_roundtrip(tmp_path, fixture):
