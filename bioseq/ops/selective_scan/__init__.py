@@ -1,0 +1,38 @@
+"""``selective_scan``: the Mamba-1 selective state-space scan, and its one-token update for decoding.
+
+``selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+initial_state=None, return_state=False)`` with u, delta [batch, dim, L], A [dim, N], B and C [batch, N, L]
+or [batch, G, N, L]; the equations are in ``bioseq.ops.selective_scan.ref``. Returns y [batch, dim, L]
+in u's dtype (and the last state [batch, dim, N] float32 with ``return_state``).
+
+Dispatch as in ``bioseq.ops._dispatch``; on CPU the reference path runs.
+``selective_state_update(state, u, delta, A, B, C, ...)`` advances the state by one token in plain torch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bioseq.ops.selective_scan.ref import selective_scan_ref, selective_state_update_ref
+
+__all__ = ["selective_scan", "selective_scan_ref", "selective_state_update"]
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                   delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                   initial_state: torch.Tensor | None = None, return_state: bool = False):
+    """Selective scan over u [batch, dim, L]; see the module docstring for the arguments."""
+    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                              return_state)
+
+
+def selective_state_update(state: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                           B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None = None,
+                           z: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
+                           delta_softplus: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: state [batch, dim, N], u/delta/z [batch, dim], B/C [batch, N] or [batch, G, N].
+
+    Returns (y [batch, dim] in u's dtype, new_state [batch, dim, N] float32); ``state`` is not modified.
+    """
+    return selective_state_update_ref(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus)

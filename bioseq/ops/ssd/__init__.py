@@ -1,0 +1,38 @@
+"""``ssd``: Mamba-2's chunked state-space duality scan, and its one-token update for decoding.
+
+``ssd(x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=True, initial_state=None,
+return_state=False)`` with x [batch, L, H, P], dt [batch, L, H], A [H], B and C [batch, L, G, N]; the
+equations are in ``bioseq.ops.ssd.ref``. Returns y [batch, L, H, P] in x's dtype (and the final state
+[batch, H, P, N] float32 with ``return_state``). Any L; the result does not depend on ``chunk_size``
+beyond rounding.
+
+Dispatch as in ``bioseq.ops._dispatch``; on CPU the chunked reference (``ssd_chunked``) runs.
+``ssd_state_update(state, x, dt, A, B, C, ...)`` advances the state by one token in plain torch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bioseq.ops.ssd.ref import ssd_chunked, ssd_ref, ssd_state_update_ref
+
+__all__ = ["ssd", "ssd_chunked", "ssd_ref", "ssd_state_update"]
+
+
+def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+        chunk_size: int = 64, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+        dt_bias: torch.Tensor | None = None, dt_softplus: bool = True,
+        initial_state: torch.Tensor | None = None, return_state: bool = False):
+    """Chunked SSD scan over x [batch, L, H, P]; see the module docstring for the arguments."""
+    return ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, return_state)
+
+
+def ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                     B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None = None,
+                     z: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None,
+                     dt_softplus: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token: state [batch, H, P, N], x/z [batch, H, P], dt [batch, H], B/C [batch, G, N].
+
+    Returns (y [batch, H, P] in x's dtype, new_state [batch, H, P, N] float32); ``state`` is not modified.
+    """
+    return ssd_state_update_ref(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)

@@ -1,0 +1,153 @@
+"""selective_scan: the spec vs a float64 closed form, the per-token update, state passing and dispatch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bioseq.ops.selective_scan import selective_scan, selective_scan_ref, selective_state_update
+
+
+def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| in float64."""
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+def make_inputs(batch=2, dim=6, L=9, N=4, groups=0, dtype=torch.float32, state=False, extras=True,
+                requires_grad=False):
+    """Random arguments; groups=0 means B, C shared over channels ([batch, N, L])."""
+    bc_shape = (batch, N, L) if groups == 0 else (batch, groups, N, L)
+    args = dict(
+        u=torch.randn(batch, dim, L, dtype=dtype),
+        delta=torch.randn(batch, dim, L, dtype=dtype) * 0.5,
+        A=-torch.rand(dim, N, dtype=torch.float32 if dtype != torch.float64 else dtype) * 3 - 0.1,
+        B=torch.randn(*bc_shape, dtype=dtype),
+        C=torch.randn(*bc_shape, dtype=dtype),
+    )
+    if extras:
+        args.update(D=torch.randn(dim, dtype=args["A"].dtype), z=torch.randn(batch, dim, L, dtype=dtype),
+                    delta_bias=torch.randn(dim, dtype=args["A"].dtype) * 0.3)
+    if state:
+        args["initial_state"] = torch.randn(batch, dim, N, dtype=args["A"].dtype)
+    if requires_grad:
+        for t in args.values():
+            t.requires_grad_()
+    return args
+
+
+def closed_form_float64(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                        initial_state=None):
+    """y[t] = sum_n C[t,n] (exp(A S(0..t)) h0 + sum_{s<=t} exp(A (S(t) - S(s))) delta[s] B[s,n] u[s]),
+    with S the cumulative sum of delta: every term at once, no recurrence, float64."""
+    u, delta, A = u.double(), delta.double(), A.double()
+    if delta_bias is not None:
+        delta = delta + delta_bias.double()[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, dim, L = u.shape
+    Bd = (B if B.dim() == 4 else B.unsqueeze(1)).double()
+    Cd = (C if C.dim() == 4 else C.unsqueeze(1)).double()
+    Bd = Bd.repeat_interleave(dim // Bd.shape[1], dim=1)                  # [batch, dim, N, L]
+    Cd = Cd.repeat_interleave(dim // Cd.shape[1], dim=1)
+    S = delta.cumsum(-1)                                                 # [batch, dim, L]
+    diff = S[..., :, None] - S[..., None, :]                             # [batch, dim, t, s]
+    causal = torch.ones(L, L, dtype=torch.bool).tril()
+    W = torch.exp(A[None, :, :, None, None] * diff[:, :, None]) * causal  # [batch, dim, N, t, s]
+    h = torch.einsum("bdnts,bds,bdns->bdnt", W, delta * u, Bd)
+    if initial_state is not None:
+        h = h + torch.exp(A[None, :, :, None] * S[:, :, None, :]) * initial_state.double()[..., None]
+    y = (h * Cd).sum(2)
+    if D is not None:
+        y = y + D.double()[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.double())
+    return y
+
+
+SPEC_CASES = [  # (batch, dim, L, N, groups, state)
+    (2, 6, 9, 4, 0, False),
+    (1, 4, 1, 3, 0, True),
+    (2, 6, 13, 4, 3, True),
+    (1, 8, 17, 2, 2, False),
+]
+
+
+def spec_id(case) -> str:
+    batch, dim, L, N, groups, state = case
+    return f"B{batch}-D{dim}-L{L}-N{N}" + (f"-G{groups}" if groups else "") + ("-h0" if state else "")
+
+
+@pytest.mark.parametrize("softplus", [False, True], ids=["linear", "softplus"])
+@pytest.mark.parametrize("case", SPEC_CASES, ids=spec_id)
+def test_spec_matches_float64_closed_form(case, softplus):
+    batch, dim, L, N, groups, state = case
+    args = make_inputs(batch, dim, L, N, groups, torch.float64, state)
+    if not softplus:
+        args["delta"] = args["delta"].abs()
+        args["delta_bias"] = args["delta_bias"].abs()
+    truth = closed_form_float64(**args, delta_softplus=softplus)
+    assert max_rel(selective_scan_ref(**args, delta_softplus=softplus), truth) < 1e-12
+    args32 = {k: v.float() for k, v in args.items()}
+    y32 = selective_scan_ref(**args32, delta_softplus=softplus)
+    assert y32.dtype == torch.float32 and max_rel(y32, truth) < 1e-5
+
+
+def test_spec_output_dtype_follows_u_and_state_is_float32():
+    args = make_inputs(dtype=torch.bfloat16, state=True)
+    args["initial_state"] = args["initial_state"].float()
+    y, last = selective_scan_ref(**args, delta_softplus=True, return_state=True)
+    assert y.dtype == torch.bfloat16 and last.dtype == torch.float32 and last.shape == (2, 6, 4)
+
+
+def test_spec_rejects_bad_shapes():
+    args = make_inputs()
+    with pytest.raises(ValueError, match="A must be"):
+        selective_scan_ref(**{**args, "A": torch.randn(5, 4)})
+    with pytest.raises(ValueError, match="B must be"):
+        selective_scan_ref(**{**args, "B": torch.randn(2, 4, 4, 9)})  # 4 groups do not divide dim 6
+    with pytest.raises(ValueError, match="initial_state"):
+        selective_scan_ref(**args, initial_state=torch.randn(2, 6, 3))
+
+
+# ---------------------------------------------------------------- state passing and the one-token update
+
+STATE_CASES = [(2, 6, 11, 4, 0), (1, 6, 12, 3, 2)]
+
+
+@pytest.mark.parametrize("split", [1, 5, 10], ids=lambda s: f"split{s}")
+@pytest.mark.parametrize("case", STATE_CASES, ids=lambda c: spec_id((*c, False)))
+def test_state_passing_equals_one_run(case, split):
+    batch, dim, L, N, groups = case
+    args = make_inputs(batch, dim, L, N, groups, state=True)
+    y, last = selective_scan(**args, delta_softplus=True, return_state=True)
+    sl = {k: v[..., :split] for k, v in args.items() if k in ("u", "delta", "B", "C", "z")}
+    sr = {k: v[..., split:] for k, v in args.items() if k in ("u", "delta", "B", "C", "z")}
+    common = {k: args[k] for k in ("A", "D", "delta_bias")}
+    y1, mid = selective_scan(**sl, **common, initial_state=args["initial_state"], delta_softplus=True,
+                             return_state=True)
+    y2, end = selective_scan(**sr, **common, initial_state=mid, delta_softplus=True, return_state=True)
+    assert max_rel(torch.cat([y1, y2], -1), y) < 1e-5 and max_rel(end, last) < 1e-5
+
+
+@pytest.mark.parametrize("case", STATE_CASES, ids=lambda c: spec_id((*c, False)))
+def test_state_update_repeated_equals_scan(case):
+    batch, dim, L, N, groups = case
+    args = make_inputs(batch, dim, L, N, groups, state=True)
+    y, last = selective_scan_ref(**args, delta_softplus=True, return_state=True)
+    state = args["initial_state"]
+    for t in range(L):
+        step = {k: args[k][..., t] for k in ("u", "delta", "B", "C", "z")}
+        y_t, state = selective_state_update(state, **step, A=args["A"], D=args["D"],
+                                            delta_bias=args["delta_bias"], delta_softplus=True)
+        assert y_t.shape == (batch, dim) and max_rel(y_t, y[..., t]) < 1e-5
+    assert state.dtype == torch.float32 and max_rel(state, last) < 1e-5
+
+
+def test_state_update_leaves_state_unchanged():
+    args = make_inputs(1, 4, 1, 3, state=True)
+    state = args["initial_state"].clone()
+    selective_state_update(state, args["u"][..., 0], args["delta"][..., 0], args["A"], args["B"][..., 0],
+                           args["C"][..., 0])
+    assert torch.equal(state, args["initial_state"])
