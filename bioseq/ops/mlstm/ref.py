@@ -1,0 +1,347 @@
+"""Reference mLSTM cell (matrix memory, exponential input gate, sigmoid forget gate): spec and CPU path.
+
+Shapes: q, k, v [B, NH, S, DH]; igate, fgate [B, NH, S] (pre-activations). Keys are scaled by 1/sqrt(DH).
+With ``lf_t = logsigmoid(f_t)`` the recurrence over t = 1..S, from a state (C [DH, DH], n [DH], m) is::
+
+    m_t = max(lf_t + m_{t-1}, i_t)                                   (the stabiliser)
+    C_t = exp(lf_t + m_{t-1} - m_t) C_{t-1} + exp(i_t - m_t) k_t v_t^T / sqrt(DH)
+    n_t = exp(lf_t + m_{t-1} - m_t) n_{t-1} + exp(i_t - m_t) k_t / sqrt(DH)
+    h_t = C_t^T q_t / (max(|n_t . q_t|, exp(-m_t)) + eps)
+
+A fresh sequence starts from C = 0, n = 0, m = 0 (``mlstm_zero_state``). The stabiliser only rescales C and
+n (the unstabilised memory is ``C exp(m)``), so h depends on it only through ``eps * exp(m_t)`` and the
+lower bound ``exp(-m_t)``: every form below uses the same m_t as the recurrence, except the parallel form,
+which (like the ``xlstm`` package's) takes the row maximum of its decay matrix and so leaves out the
+``m_0 + sum lf`` term of the zero initial state; the two agree up to ``eps * exp(m_t)`` with m_t <= 0.
+
+- ``mlstm_parallel``: the quadratic form (O(S^2) memory): the spec.
+- ``mlstm_step`` / ``mlstm_recurrent``: one token / a loop of steps (state C [B, NH, DH, DH], n [B, NH, DH],
+  m [B, NH, 1]; the state is float32, float64 for float64 inputs).
+- ``mlstm_chunkwise_autograd``: chunks of ``chunk_size`` tokens, quadratic inside a chunk, the recurrence
+  between chunks; plain autograd (its graph keeps several [S, chunk_size] tensors per head).
+- ``mlstm_chunkwise``: the same forward as a ``torch.autograd.Function`` that keeps only its inputs, the
+  output and the per-chunk states, and recomputes the intra-chunk matrices in a written-out backward.
+
+The backward of ``mlstm_chunkwise`` treats every stabiliser as a constant (exact, since h does not depend
+on them) and then adds the gradient that does flow through m_t (the eps term, and the final m when the
+state is returned) by back-propagating through the max-recurrence of m alone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+State = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _compute_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def mlstm_zero_state(B: int, NH: int, DH: int, device=None, dtype: torch.dtype = torch.float32) -> State:
+    """The state a fresh sequence starts from: C [B, NH, DH, DH] = 0, n [B, NH, DH] = 0, m [B, NH, 1] = 0."""
+    return (torch.zeros(B, NH, DH, DH, device=device, dtype=dtype),
+            torch.zeros(B, NH, DH, device=device, dtype=dtype),
+            torch.zeros(B, NH, 1, device=device, dtype=dtype))
+
+
+def _check_inputs(q, k, v, igate, fgate) -> None:
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"mlstm: q, k, v must all be [B, NH, S, DH], got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if igate.shape != q.shape[:3] or fgate.shape != q.shape[:3]:
+        raise ValueError(f"mlstm: igate and fgate must be [B, NH, S] = {tuple(q.shape[:3])}, "
+                         f"got {tuple(igate.shape)} and {tuple(fgate.shape)}")
+
+
+def _check_state(state: State, q: torch.Tensor) -> None:
+    B, NH, _, DH = q.shape
+    want = ((B, NH, DH, DH), (B, NH, DH), (B, NH, 1))
+    got = tuple(tuple(s.shape) for s in state)
+    if got != want:
+        raise ValueError(f"mlstm: state must be C {want[0]}, n {want[1]}, m {want[2]}, got {got}")
+
+
+# ---------------------------------------------------------------- parallel form (the spec)
+
+def mlstm_parallel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+                   fgate: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Quadratic form. h[t] = sum_{s<=t} (q_t . k_s / sqrt(DH)) D[t, s] v_s / (max(|row sum|, exp(-m_t))
+    + eps) with log D[t, s] = i_s + sum_{u=s+1..t} lf_u, stabilised by its row maximum m_t.
+    Returns h [B, NH, S, DH] in q's dtype."""
+    _check_inputs(q, k, v, igate, fgate)
+    S, DH = q.shape[-2:]
+    ct = _compute_dtype(q)
+    q, k, v, igate, fgate = (x.to(ct) for x in (q, k, v, igate, fgate))
+    lf_cum = F.logsigmoid(fgate).cumsum(-1)                                   # [B, NH, S]
+    causal = torch.ones(S, S, dtype=torch.bool, device=q.device).tril()
+    log_d = lf_cum[..., :, None] - lf_cum[..., None, :] + igate[..., None, :]  # [B, NH, S(t), S(s)]
+    log_d = log_d.masked_fill(~causal, float("-inf"))
+    m = log_d.amax(-1, keepdim=True)                                           # [B, NH, S, 1]
+    scores = (q @ k.transpose(-1, -2)) * (DH ** -0.5) * torch.exp(log_d - m)
+    normaliser = torch.maximum(scores.sum(-1, keepdim=True).abs(), torch.exp(-m)) + eps
+    return ((scores / normaliser) @ v).to(v.dtype)
+
+
+# ---------------------------------------------------------------- recurrent form
+
+def mlstm_step(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor, fgate: torch.Tensor,
+               state: State, eps: float = 1e-6) -> tuple[torch.Tensor, State]:
+    """One token: q, k, v [B, NH, DH]; igate, fgate [B, NH]; state (C, n, m) as ``mlstm_zero_state``.
+    Returns (h [B, NH, DH] in q's dtype, new state in the state's dtype)."""
+    C, n, m = state
+    ct, out_dtype = C.dtype, q.dtype
+    DH = q.shape[-1]
+    q, k, v = q.to(ct), k.to(ct) * (DH ** -0.5), v.to(ct)
+    i, lf = igate.to(ct)[..., None], F.logsigmoid(fgate.to(ct))[..., None]    # [B, NH, 1]
+    m_new = torch.maximum(lf + m, i)
+    f_act, i_act = torch.exp(lf + m - m_new), torch.exp(i - m_new)
+    C = f_act[..., None] * C + i_act[..., None] * (k[..., :, None] * v[..., None, :])
+    n = f_act * n + i_act * k
+    num = (q[..., None, :] @ C).squeeze(-2)                                    # C^T q: [B, NH, DH]
+    den = torch.maximum((q * n).sum(-1, keepdim=True).abs(), torch.exp(-m_new)) + eps
+    return (num / den).to(out_dtype), (C, n, m_new)
+
+
+def mlstm_recurrent(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+                    fgate: torch.Tensor, initial_state: State | None = None, return_state: bool = False,
+                    eps: float = 1e-6):
+    """``mlstm_step`` over every token (readable, slow): h [B, NH, S, DH] (, final state)."""
+    _check_inputs(q, k, v, igate, fgate)
+    B, NH, S, DH = q.shape
+    state = initial_state
+    if state is None:
+        state = mlstm_zero_state(B, NH, DH, q.device, _compute_dtype(q))
+    hs = []
+    for t in range(S):
+        h, state = mlstm_step(q[:, :, t], k[:, :, t], v[:, :, t], igate[:, :, t], fgate[:, :, t], state, eps)
+        hs.append(h)
+    h = torch.stack(hs, dim=2).to(q.dtype)
+    return (h, state) if return_state else h
+
+
+# ---------------------------------------------------------------- chunkwise form
+
+def _chunks(x: torch.Tensor, L: int, fill: float) -> torch.Tensor:
+    """[B, NH, S, ...] -> [B, NH, NC, L, ...], padding the sequence with `fill` up to NC * L."""
+    S = x.shape[2]
+    pad = -S % L
+    if pad:
+        shape = list(x.shape)
+        shape[2] = pad
+        x = torch.cat([x, x.new_full(shape, fill)], dim=2)
+    return x.reshape(x.shape[0], x.shape[1], -1, L, *x.shape[3:])
+
+
+def _chunk_gates(igate: torch.Tensor, fgate: torch.Tensor, L: int):
+    """Per-chunk log gates. Padding tokens (after S) have i = -inf and lf = 0: they change nothing.
+
+    Returns i [B, NH, NC, L], lf_cum (within-chunk inclusive cumsum of lf) [B, NH, NC, L],
+    g = i_s + sum_{u>s in chunk} lf_u (log weight of token s in its chunk's end state) [B, NH, NC, L] and
+    g_max = max_s g [B, NH, NC]."""
+    i = _chunks(igate, L, float("-inf"))
+    lf_cum = _chunks(F.logsigmoid(fgate), L, 0.0).cumsum(-1)
+    g = i + lf_cum[..., -1:] - lf_cum
+    return i, lf_cum, g, g.amax(-1)
+
+
+def _chunk_states(ks, v, lf_cum, g, g_max, state0: State):
+    """The state at the start of every chunk, and at the end of the last.
+
+    Returns C [B, NH, NC+1, DH, DH], n [B, NH, NC+1, DH], m [B, NH, NC+1]."""
+    w = torch.exp(g - g_max[..., None])[..., None]                             # [B, NH, NC, L, 1]
+    kv = (ks * w).transpose(-1, -2) @ v                                        # [B, NH, NC, DH, DH]
+    ksum = (ks * w).sum(-2)                                                    # [B, NH, NC, DH]
+    C, n, m = state0[0], state0[1], state0[2][..., 0]
+    Cs, ns, ms = [C], [n], [m]
+    lf_tot = lf_cum[..., -1]
+    for c in range(kv.shape[2]):
+        m_new = torch.maximum(lf_tot[:, :, c] + m, g_max[:, :, c])
+        decay, scale = torch.exp(lf_tot[:, :, c] + m - m_new), torch.exp(g_max[:, :, c] - m_new)
+        C = decay[..., None, None] * C + scale[..., None, None] * kv[:, :, c]
+        n = decay[..., None] * n + scale[..., None] * ksum[:, :, c]
+        m = m_new
+        Cs.append(C)
+        ns.append(n)
+        ms.append(m)
+    return torch.stack(Cs, 2), torch.stack(ns, 2), torch.stack(ms, 2)
+
+
+def _chunk_outputs(qc, ksc, vc, i, lf_cum, C0, n0, m0, eps: float):
+    """Outputs of every chunk from its start state (C0 [.., NC, DH, DH], n0 [.., NC, DH], m0 [.., NC]).
+
+    Returns h [B, NH, NC, L, DH] and the pieces the backward reuses: the stabiliser mu [.., NC, L]
+    (= the recurrent m_t), the intra-chunk matrices A = (q.k) * D and D, the inter weight w [.., NC, L],
+    the normaliser's argument den and the normaliser N."""
+    L = qc.shape[-2]
+    causal = torch.ones(L, L, dtype=torch.bool, device=qc.device).tril()
+    log_d = lf_cum[..., :, None] - lf_cum[..., None, :] + i[..., None, :]
+    log_d = log_d.masked_fill(~causal, float("-inf"))
+    log_w = lf_cum + m0[..., None]                                             # inter-chunk log weight
+    mu = torch.maximum(log_w, log_d.amax(-1))
+    d = torch.exp(log_d - mu[..., None])
+    w = torch.exp(log_w - mu)
+    a = (qc @ ksc.transpose(-1, -2)) * d
+    num = a @ vc + w[..., None] * (qc @ C0)
+    den = a.sum(-1) + w * (qc * n0[..., None, :]).sum(-1)
+    normaliser = torch.maximum(den.abs(), torch.exp(-mu)) + eps
+    return num / normaliser[..., None], (mu, a, d, w, den, normaliser)
+
+
+def _prepare(q, k, v, igate, fgate, chunk_size: int, initial_state: State | None):
+    _check_inputs(q, k, v, igate, fgate)
+    if chunk_size < 1:
+        raise ValueError(f"mlstm: chunk_size must be >= 1, got {chunk_size}")
+    B, NH, S, DH = q.shape
+    ct = _compute_dtype(q)
+    L = min(chunk_size, S)
+    if initial_state is None:
+        state0 = mlstm_zero_state(B, NH, DH, q.device, ct)
+    else:
+        _check_state(initial_state, q)
+        state0 = tuple(s.to(ct) for s in initial_state)
+    q, k, v, igate, fgate = (x.to(ct) for x in (q, k, v, igate, fgate))
+    return L, state0, q, k * (DH ** -0.5), v, igate, fgate
+
+
+def mlstm_chunkwise_autograd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+                             fgate: torch.Tensor, chunk_size: int = 64, initial_state: State | None = None,
+                             return_state: bool = False, eps: float = 1e-6):
+    """Chunkwise form with plain autograd (the readable version of ``mlstm_chunkwise``)."""
+    S = q.shape[2]
+    L, state0, q_, ks, v_, i_, f_ = _prepare(q, k, v, igate, fgate, chunk_size, initial_state)
+    i, lf_cum, g, g_max = _chunk_gates(i_, f_, L)
+    ksc, vc = _chunks(ks, L, 0.0), _chunks(v_, L, 0.0)
+    Cs, ns, ms = _chunk_states(ksc, vc, lf_cum, g, g_max, state0)
+    h, _ = _chunk_outputs(_chunks(q_, L, 0.0), ksc, vc, i, lf_cum, Cs[:, :, :-1], ns[:, :, :-1],
+                          ms[:, :, :-1], eps)
+    h = h.flatten(2, 3)[:, :, :S].to(q.dtype)
+    if return_state:
+        return h, (Cs[:, :, -1], ns[:, :, -1], ms[:, :, -1, None])
+    return h
+
+
+def _segment_reverse_sum(g: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+    """a[r] = sum of g[r..e_r-1] where e_r is the first u > r with starts[u] (S when none); last dim."""
+    S = g.shape[-1]
+    idx = torch.arange(S, device=g.device).expand_as(g)
+    marker = torch.where(starts, idx, S)
+    nxt = torch.cat([marker[..., 1:], marker.new_full((*g.shape[:-1], 1), S)], dim=-1)
+    end = nxt.flip(-1).cummin(-1).values.flip(-1)
+    tail = torch.cat([g.flip(-1).cumsum(-1).flip(-1), g.new_zeros(*g.shape[:-1], 1)], dim=-1)
+    return tail[..., :S] - tail.gather(-1, end)
+
+
+class _MLSTMChunkwise(torch.autograd.Function):
+    """Chunkwise mLSTM. Inputs: q, ks (= k / sqrt(DH)), v [B, NH, S, DH]; i, f [B, NH, S]; the initial
+    state C0, n0, m0 [B, NH, 1]; all in one float dtype. Outputs h [B, NH, S, DH] and the final C, n, m."""
+
+    @staticmethod
+    def forward(ctx, q, ks, v, i_raw, f_raw, C0, n0, m0, L: int, eps: float):
+        S = q.shape[2]
+        i, lf_cum, g, g_max = _chunk_gates(i_raw, f_raw, L)
+        ksc, vc = _chunks(ks, L, 0.0), _chunks(v, L, 0.0)
+        Cs, ns, ms = _chunk_states(ksc, vc, lf_cum, g, g_max, (C0, n0, m0))
+        h, _ = _chunk_outputs(_chunks(q, L, 0.0), ksc, vc, i, lf_cum, Cs[:, :, :-1], ns[:, :, :-1],
+                              ms[:, :, :-1], eps)
+        ctx.save_for_backward(q, ks, v, i_raw, f_raw, m0, Cs, ns, ms)
+        ctx.L, ctx.eps = L, eps
+        return (h.flatten(2, 3)[:, :, :S], Cs[:, :, -1].clone(), ns[:, :, -1].clone(),
+                ms[:, :, -1, None].clone())
+
+    @staticmethod
+    def backward(ctx, dh, dC_T, dn_T, dm_T):
+        q, ks, v, i_raw, f_raw, m0, Cs, ns, ms = ctx.saved_tensors
+        L, eps = ctx.L, ctx.eps
+        S = q.shape[2]
+        i, lf_cum, g, g_max = _chunk_gates(i_raw, f_raw, L)
+        qc, ksc, vc = _chunks(q, L, 0.0), _chunks(ks, L, 0.0), _chunks(v, L, 0.0)
+        C, n, m = Cs[:, :, :-1], ns[:, :, :-1], ms[:, :, :-1]                 # chunk start states
+        h, (mu, a, d, w, den, norm) = _chunk_outputs(qc, ksc, vc, i, lf_cum, C, n, m, eps)
+
+        # Every stabiliser held constant. h = num / norm, norm = max(|den|, exp(-mu)) + eps.
+        dh = _chunks(dh, L, 0.0)
+        dnum = dh / norm[..., None]
+        dnorm = -(dh * h).sum(-1) / norm
+        dden = torch.where(den.abs() >= torch.exp(-mu), dnorm * torch.sign(den), 0.0)
+        # intra-chunk: num += A v, den += rowsum(A), A = (q . ks) * D, log D = lf_cum_r - lf_cum_s + i_s
+        dA = dnum @ vc.transpose(-1, -2) + dden[..., None]
+        dv = a.transpose(-1, -2) @ dnum
+        dqk = dA * d
+        dq = dqk @ ksc
+        dks = dqk.transpose(-1, -2) @ qc
+        dlog_d = dA * a
+        di = dlog_d.sum(-2)
+        dlf_cum = dlog_d.sum(-1) - di
+        # inter-chunk: num += w C^T q, den += w n . q, log w = lf_cum_r + m_chunk
+        qC = qc @ C
+        dw = (dnum * qC).sum(-1) + dden * (qc * n[..., None, :]).sum(-1)
+        dq = dq + w[..., None] * (dnum @ C.transpose(-1, -2) + dden[..., None] * n[..., None, :])
+        dlog_w = dw * w
+        dlf_cum = dlf_cum + dlog_w
+        dC_out = (qc * w[..., None]).transpose(-1, -2) @ dnum                  # [B, NH, NC, DH, DH]
+        dn_out = (qc * (w * dden)[..., None]).sum(-2)
+
+        # chunk-end states: C_end = decay C + sum_s b_s ks_s v_s^T (n_end likewise with ks_s)
+        m_end = ms[:, :, 1:]
+        decay = torch.exp(lf_cum[..., -1] + m - m_end)                        # [B, NH, NC]
+        b = torch.exp(g - m_end[..., None])                                    # [B, NH, NC, L]
+        dC_end, dn_end = torch.empty_like(C), torch.empty_like(n)
+        gC, gn = dC_T, dn_T
+        for c in range(C.shape[2] - 1, -1, -1):
+            dC_end[:, :, c], dn_end[:, :, c] = gC, gn
+            gC = dC_out[:, :, c] + decay[:, :, c, None, None] * gC
+            gn = dn_out[:, :, c] + decay[:, :, c, None] * gn
+        dC0, dn0 = gC, gn
+        ks_dC = ksc @ dC_end                                                    # [B, NH, NC, L, DH]
+        dv = dv + b[..., None] * ks_dC
+        dks = dks + b[..., None] * (vc @ dC_end.transpose(-1, -2) + dn_end[..., None, :])
+        dlog_b = b * ((ks_dC * vc).sum(-1) + (ksc * dn_end[..., None, :]).sum(-1))
+        dlog_decay = decay * ((dC_end * C).sum((-1, -2)) + (dn_end * n).sum(-1))
+        di = di + dlog_b                                                        # log b = i_s + tot - lf_cum_s
+        dlf_cum = dlf_cum - dlog_b
+        dlf_cum[..., -1] += dlog_b.sum(-1) + dlog_decay
+        dm0 = dlog_w[:, :, 0].sum(-1) + dlog_decay[:, :, 0]                    # m0 enters chunk 0 only
+        dlf = dlf_cum.flip(-1).cumsum(-1).flip(-1)
+
+        def unchunk(x):
+            return x.flatten(2, 3)[:, :, :S]
+
+        dq, dks, dv, di, dlf, mu = map(unchunk, (dq, dks, dv, di, dlf, mu))
+
+        # The gradient through the stabilisers: dh/dmu_t = -h_t eps / norm_t, plus the returned m (whose
+        # constant-stabiliser gradient above missed -<dC_T, C_T> - <dn_T, n_T>), back through
+        # m_t = max(lf_t + m_{t-1}, i_t).
+        dmu = unchunk(eps * dnorm)
+        dm_final = dm_T[..., 0] - (dC_T * Cs[:, :, -1]).sum((-1, -2)) - (dn_T * ns[:, :, -1]).sum(-1)
+        dmu = torch.cat([dmu[..., :-1], dmu[..., -1:] + dm_final[..., None]], dim=-1)
+        lf = F.logsigmoid(f_raw)
+        m_prev = torch.cat([m0, mu[..., :-1]], dim=-1)
+        took_i = i_raw >= lf + m_prev
+        chain = _segment_reverse_sum(dmu, took_i)
+        di = di + torch.where(took_i, chain, 0.0)
+        dlf = dlf + torch.where(took_i, 0.0, chain)
+        dm0 = dm0 + torch.where(took_i[..., 0], 0.0, chain[..., 0])
+        df = dlf * torch.sigmoid(-f_raw)
+        return dq, dks, dv, di, df, dC0, dn0, dm0[..., None], None, None
+
+
+def mlstm_chunkwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
+                    fgate: torch.Tensor, chunk_size: int = 64, initial_state: State | None = None,
+                    return_state: bool = False, eps: float = 1e-6):
+    """Chunkwise mLSTM with a memory-sane written-out backward.
+
+    Args:
+        q, k, v: [B, NH, S, DH]; igate, fgate: [B, NH, S] pre-activations; chunk_size: tokens per chunk
+            (any S: the last chunk may be partial); initial_state: (C, n, m) or None for the zero state.
+    Returns:
+        h [B, NH, S, DH] in q's dtype, and with ``return_state`` the final (C, n, m) (float32; float64 for
+        float64 inputs), differentiable like the inputs.
+    Memory kept for the backward: the inputs and the (C, n, m) at every chunk start (S / chunk_size states of
+    DH x DH per head); the intra-chunk matrices are recomputed.
+    """
+    L, state0, q_, ks, v_, i_, f_ = _prepare(q, k, v, igate, fgate, chunk_size, initial_state)
+    h, C, n, m = _MLSTMChunkwise.apply(q_, ks, v_, i_, f_, *state0, L, eps)
+    h = h.to(q.dtype)
+    return (h, (C, n, m)) if return_state else h
