@@ -1,10 +1,10 @@
 """Embedding engine: sequences in, pooled / per-token embeddings on disk (HDF5 or a directory of .npy).
 
 The engine takes any backbone ``nn.Module`` that follows the bioseq backbone contract
-(``forward(input_ids[B, L], attention_mask[B, L]) -> hidden[B, L, D]``, ``d_model``; optionally
-``output_hidden_states=True`` for ``layers`` and ``supports_step`` / ``allocate_state`` / ``step``
-for ``long="stream"``) plus a tokenizer with ``encode``, ``cls_id``, ``sep_id``, ``pad_id`` (and
-``reverse_complement`` for DNA). It never imports Lightning or ``models``; the CLI wiring in
+(``forward(input_ids[B, L], attention_mask[B, L]) -> hidden[B, L, H]``, ``hidden_size``; optionally
+``output_hidden_states=True`` for ``layers``, and ``supports_state`` / ``allocate_state`` /
+``forward(state=)`` for ``long="stream"``) plus a tokenizer with ``encode``, ``cls_id``, ``sep_id``,
+``pad_id`` (and ``reverse_complement`` for DNA). It never imports Lightning or ``models``; the CLI wiring in
 ``bioseq/commands/embed.py`` loads the model.
 
 How a run works (:func:`embed_to_file`):
@@ -59,8 +59,8 @@ raised in pass 1), ``truncate`` (first ``max_length`` tokens; ``/lengths`` keeps
 window where it has the most left context, i.e. >= ``overlap`` tokens after the first window, so for
 a causal model chunking only limits how far back a position can see; pooling is incremental and
 per-token rows stream to a file, so a 4.6 Mb chromosome needs O(batch) memory), ``stream``
-(exact: the backbone's recurrent state is carried token to token; refused for backbones without
-``supports_step``). New strategies subclass :class:`LongStrategy`.
+(exact: the backbone's recurrent state is carried from block to block of the chunked forward;
+refused for backbones without ``supports_state``). New strategies subclass :class:`LongStrategy`.
 
 Memory: pass 1 keeps ids and lengths only; pass 2 holds one buffer of records and its pooled rows;
 per-token rows go to disk as they are computed. The input is read twice (it must be a file).
@@ -88,8 +88,8 @@ from torch import nn
 
 import bioseq
 from bioseq.errors import BioseqError, locate
+from bioseq.pooling import POOLS, PoolAccumulator, pool_all
 
-POOLS = ("mean", "max", "first", "last")
 LONG_POLICIES = ("error", "truncate", "chunk", "stream")
 FORMAT_VERSION = 1
 
@@ -270,71 +270,17 @@ def state_dict_sha256(module: nn.Module) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-class PoolAccumulator:
-    """Pools one sequence's hidden states fed in pieces (chunk / stream strategies), in O(D) memory.
-
-    ``update(h[n, D], first_pos, residue_lo, residue_hi, total)``: ``h`` holds token positions
-    ``first_pos .. first_pos + n`` of a sequence of ``total`` tokens whose residues are
-    ``[residue_lo, residue_hi)``. Sums are kept in float64.
-    """
-
-    def __init__(self, pools: Sequence[str], dim: int):
-        self.pools = tuple(pools)
-        self.sum = torch.zeros(dim, dtype=torch.float64)
-        self.max = torch.full((dim,), float("-inf"))
-        self.count = 0
-        self.first: torch.Tensor | None = None
-        self.last: torch.Tensor | None = None
-
-    def update(self, h: torch.Tensor, first_pos: int, residue_lo: int, residue_hi: int, total: int) -> None:
-        h = h.float().cpu()
-        n = h.shape[0]
-        if first_pos == 0 and n:
-            self.first = h[0].clone()
-        if first_pos + n == total and n:
-            self.last = h[-1].clone()
-        lo, hi = max(residue_lo - first_pos, 0), min(residue_hi - first_pos, n)
-        if hi > lo:
-            part = h[lo:hi]
-            self.sum += part.sum(0, dtype=torch.float64)
-            self.max = torch.maximum(self.max, part.max(0).values)
-            self.count += hi - lo
-
-    def result(self) -> dict[str, np.ndarray]:
-        out = {}
-        for p in self.pools:
-            if p == "mean":
-                out[p] = (self.sum / max(self.count, 1)).float().numpy()
-            elif p == "max":
-                out[p] = self.max.numpy().copy()
-            else:
-                out[p] = getattr(self, p).numpy()
-        return out
-
-
 def pool_batch(h: torch.Tensor, lengths: torch.Tensor, starts: torch.Tensor, stops: torch.Tensor,
                pools: Sequence[str]) -> dict[str, torch.Tensor]:
     """Pool a right-padded batch. h [B, L, D]; lengths [B] tokens fed; residues are [starts, stops).
 
-    Returns pool name -> [B, D] float32. Padding never enters a result.
+    Returns pool name -> [B, D] float32 (``bioseq.pooling``; mean/max over the residues only).
     """
     h = h.float()
-    B, L, _ = h.shape
-    pos = torch.arange(L, device=h.device)[None, :]
-    res = (pos >= starts[:, None]) & (pos < stops[:, None])  # [B, L] residue positions
-    out: dict[str, torch.Tensor] = {}
-    rows = torch.arange(B, device=h.device)
-    for p in pools:
-        if p == "mean":
-            count = res.sum(1, keepdim=True).clamp_min(1)
-            out[p] = (h * res[..., None]).sum(1) / count
-        elif p == "max":
-            out[p] = h.masked_fill(~res[..., None], float("-inf")).max(1).values
-        elif p == "first":
-            out[p] = h[:, 0]
-        elif p == "last":
-            out[p] = h[rows, lengths - 1]
-    return out
+    pos = torch.arange(h.shape[1], device=h.device)[None, :]
+    mask = pos < lengths[:, None]
+    residues = (pos >= starts[:, None]) & (pos < stops[:, None])
+    return pool_all(h, mask, pools, select=residues)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,7 +390,7 @@ class Embedder:
         self.tokenizer = tokenizer
         self.device = torch.device(options.device)
         self.backbone = backbone.to(self.device).eval()
-        self.dim = int(backbone.d_model)
+        self.dim = int(backbone.hidden_size)
         if options.max_length is None:
             options.max_length = backbone_max_length(backbone)
             options.validate()
@@ -644,44 +590,44 @@ class ChunkStrategy(LongStrategy):
 
 
 class StreamStrategy(LongStrategy):
-    """Exact embedding of any length by carrying the backbone's recurrent state token to token
-    (``allocate_state(batch_size)`` / ``step(input_ids[B], state) -> (hidden[B, D], state)``), in
-    constant memory. Backbones without a state (Hyena: ``supports_step = False``) are refused.
-    ``layers`` are not available in this mode (step returns the final hidden state only).
+    """Exact embedding of any length through the backbone's recurrent state, in constant memory.
+
+    The record is fed in blocks of ``block`` tokens through the chunked forward that starts from a
+    state and returns the new one (``forward(ids, state=state) -> (hidden, state)``, the parallel scan
+    path), so the result equals one forward over the whole record. Backbones without a state
+    (``supports_state`` False, e.g. Hyena) are refused. ``layers`` are not available in this mode.
     """
 
     name = "stream"
-    block = 4096  # tokens pooled / written per block
+    block = 4096  # tokens per chunked forward (and per pooled / written piece)
 
     def __init__(self, embedder: Embedder):
         super().__init__(embedder)
         bb = embedder.backbone
-        if not getattr(bb, "supports_step", False):
-            raise EmbedError(f"--long stream needs a backbone with a recurrent state (supports_step); "
+        if not getattr(bb, "supports_state", False):
+            raise EmbedError(f"--long stream needs a backbone with a recurrent state (supports_state); "
                              f"{type(bb).__name__} has none: use --long chunk or truncate")
         if embedder.options.layers:
-            raise EmbedError("--long stream does not support --layers (step gives the final layer only)")
+            raise EmbedError("--long stream does not support --layers (the state gives the final layer only)")
 
     @torch.inference_mode()
     def embed(self, row, strand, plan, sink, weight):
         e = self.embedder
         bb = e.backbone
-        state = bb.allocate_state(1)
+        state = bb.allocate_state(1, device=e.device)
         acc = PoolAccumulator(e.options.pools, e.dim)
         total = plan.ids.size
-        ids = torch.from_numpy(plan.ids).to(e.device)
+        ids = torch.from_numpy(plan.ids).to(e.device)[None]
+        mask = torch.ones_like(ids, dtype=torch.bool)
         for s in range(0, total, self.block):
             t = min(s + self.block, total)
-            hs = []
-            for pos in range(s, t):
-                h, state = bb.step(ids[pos: pos + 1], state)
-                hs.append(h[0])
-            h = torch.stack(hs)
+            h, state = bb(ids[:, s:t], attention_mask=mask[:, s:t], state=state)
+            h = h[0].float()
             acc.update(h, s, plan.start, plan.stop, total)
             e._report(t - s)
             lo, hi = max(s, plan.start), min(t, plan.stop)
             if sink.tokens and hi > lo:
-                sink.add_tokens("", row, lo - plan.start, h[lo - s: hi - s].float().cpu().numpy(), weight,
+                sink.add_tokens("", row, lo - plan.start, h[lo - s: hi - s].cpu().numpy(), weight,
                                 reverse=strand == 1, n_residues=plan.n_residues)
         sink.add_pooled("", row, acc.result(), weight)
 
@@ -981,6 +927,25 @@ def compute_buffer(embedder: Embedder, buffer: list[tuple[SequenceRecord, list[T
     lengths = np.array([p[0].length for _, p in buffer], np.int64)
     return BufferResult(np.asarray(index, np.int64), [r.id for r, _ in buffer], lengths, embedded,
                         sink.pooled, sink.tokens)
+
+
+def embed_sequences(embedder: Embedder, sequences: Sequence[str], *, source: str = "<memory>"
+                    ) -> dict[str, np.ndarray]:
+    """Pooled embeddings of in-memory sequences, in input order: pool name -> float32 ``[N, H]``.
+
+    The same batching, pooling and long-sequence handling as a file run (records are named by their
+    position, ``source`` names them in errors), without an output file.
+    """
+    o = embedder.options
+    n = len(sequences)
+    out = {p: np.zeros((n, embedder.dim), np.float32) for p in o.pools}
+    for lo in range(0, n, o.buffer_records):
+        hi = min(lo + o.buffer_records, n)
+        records = [SequenceRecord(str(i), sequences[i], source, i + 1) for i in range(lo, hi)]
+        result = compute_buffer(embedder, [(r, embedder.plans(r)) for r in records], np.arange(lo, hi))
+        for p in o.pools:
+            out[p][lo:hi] = result.pooled[""][p]
+    return out
 
 
 def commit_part(parts_dir: Path, name: str, result: BufferResult, per_token: bool) -> None:

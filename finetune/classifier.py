@@ -10,6 +10,9 @@ The backbone comes from (first that applies)
   directory, or a preset name (random init, e.g. ``hyenadna-tiny-1k``);
 * ``arch`` + ``preset`` (+ ``backbone_overrides``) -- from scratch via ``models.build_backbone``.
 
+All of it goes through ``models.resolve_backbone``, the builder that pretraining, ``embed`` and
+``probe`` use too; unknown config keys are an error. The head's input width is the backbone's ``hidden_size``.
+
 Metrics (torchmetrics objects, updated per batch and computed once per epoch over the WHOLE evaluation
 set): ``accuracy``, ``mcc``, ``f1`` (binary: positive class; multiclass: macro), ``f1_macro``, ``auroc``;
 regression: ``mse``, ``pearson``, ``r2``. Logged as ``val/<name>`` and ``test/<name>``; select the best
@@ -23,7 +26,6 @@ the head ``head_lr or lr``), linear warmup then cosine to ``min_lr_ratio * lr`` 
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import lightning as L
@@ -34,53 +36,8 @@ from torch.nn import functional as F
 
 from bioseq.errors import BioseqError
 from bioseq.finetune.heads import PredictionHead, SequenceModel
-from bioseq.models.optim import cosine_with_warmup, param_groups, resolve_warmup
-
-
-def _config_dict(backbone: nn.Module) -> dict | None:
-    cfg = getattr(backbone, "config", None)
-    if cfg is None:
-        return None
-    if dataclasses.is_dataclass(cfg):
-        return dataclasses.asdict(cfg)
-    return dict(cfg) if isinstance(cfg, dict) else None
-
-
-def build_backbone_from_config(config: dict) -> nn.Module:
-    """Random-init backbone from a config dict that names its ``arch`` (``models.ARCHITECTURES``)."""
-    from bioseq.models import ARCHITECTURES
-
-    config = dict(config)
-    arch = config.get("arch", "hyena")
-    if arch not in ARCHITECTURES:
-        raise BioseqError(f"unknown backbone arch '{arch}' (known: {', '.join(ARCHITECTURES)})")
-    config_cls, model_cls = ARCHITECTURES[arch]
-    names = {f.name for f in dataclasses.fields(config_cls) if f.init}
-    return model_cls(config_cls(**{k: v for k, v in config.items() if k in names}))
-
-
-def resolve_backbone(
-    backbone: str | nn.Module | None = None,
-    arch: str = "hyena",
-    preset: str | None = None,
-    backbone_config: dict | None = None,
-    backbone_overrides: dict | None = None,
-) -> nn.Module:
-    """See the module docstring for the order in which the sources are tried."""
-    if backbone_config:
-        return build_backbone_from_config(backbone_config)
-    if isinstance(backbone, nn.Module):
-        return backbone
-    if backbone is not None:
-        from bioseq.models import load_backbone
-
-        module = load_backbone(str(backbone))
-        if backbone_overrides:
-            raise BioseqError("backbone_overrides apply to arch/preset builds only, not to a loaded backbone")
-        return module
-    from bioseq.models import build_backbone
-
-    return build_backbone(arch, preset, **(backbone_overrides or {}))
+from bioseq.models import resolve_backbone
+from bioseq.models.optim import build_optimizer
 
 
 def _classification_metrics(num_classes: int) -> tm.MetricCollection:
@@ -152,18 +109,20 @@ class SequenceClassifier(L.LightningModule):
         if problem_type not in ("classification", "regression"):
             raise BioseqError(f"problem_type must be 'classification' or 'regression', got '{problem_type}'")
         self.save_hyperparameters(ignore=["backbone"])
-        module = resolve_backbone(backbone, arch, preset, backbone_config, backbone_overrides)
+        module = resolve_backbone(backbone, arch=arch if preset is None else None, preset=preset,
+                                  config=backbone_config, overrides=backbone_overrides)
+        self.weights_origin = getattr(module, "weights_origin", None)
         # Record what was built so load_from_checkpoint rebuilds it (the weights come from the checkpoint).
-        self.hparams["backbone_config"] = _config_dict(module)
-        self.hparams["backbone"] = backbone if isinstance(backbone, str) else None
-        if self.hparams["backbone_config"] is not None:
-            self.hparams["backbone"] = None
+        self.hparams["backbone_config"] = module.config.to_dict()
+        self.hparams["backbone"] = None
+        self.hparams["backbone_overrides"] = None
         tokenizer = None
         if rc_average:
             from bioseq.models import load_tokenizer_for
 
             tokenizer = load_tokenizer_for(module)
-        head_module = PredictionHead(module.d_model, num_classes, pooling, head, head_hidden_size, dropout)
+        head_module = PredictionHead(module.hidden_size, num_classes, pooling, head, head_hidden_size,
+                                     dropout)
         self.model = SequenceModel(module, head_module, rc_average=rc_average, tokenizer=tokenizer)
         self.num_classes = num_classes
         self.is_regression = problem_type == "regression"
@@ -278,18 +237,6 @@ class SequenceClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         h = self.hparams
-        scales = self._lr_scales()
-        groups = []
-        for g in param_groups(self.model, h.weight_decay):
-            by_scale: dict[float, list] = {}
-            for p in g["params"]:
-                by_scale.setdefault(scales.get(id(p), 1.0), []).append(p)
-            for scale, params in by_scale.items():
-                ng = {k: v for k, v in g.items() if k != "params"}
-                ng["params"] = params
-                ng["lr"] = g.get("lr", h.lr) * scale
-                groups.append(ng)
-        optimizer = torch.optim.AdamW(groups, lr=h.lr, betas=tuple(h.betas))
         total = 1000
         if self._trainer is not None:
             try:
@@ -297,9 +244,10 @@ class SequenceClassifier(L.LightningModule):
             except Exception:  # noqa: BLE001 - no dataloader yet (e.g. configure in isolation)
                 total = 1000
         total = max(1, total if total < 10**9 else 1000)
-        warmup = resolve_warmup(h.warmup_steps, total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: cosine_with_warmup(step, warmup, total, h.min_lr_ratio)
+        optimizer, scheduler = build_optimizer(
+            self.model, lr=h.lr, weight_decay=h.weight_decay, betas=tuple(h.betas),
+            warmup_steps=h.warmup_steps, total_steps=total, min_lr_ratio=h.min_lr_ratio,
+            lr_scales=self._lr_scales(),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -3,12 +3,8 @@
 Shapes: hidden ``[B, L, D]``, attention_mask ``Bool[B, L]`` (True = real token, right padding), pooled
 ``[B, D]``, logits ``[B, num_outputs]``.
 
-Pooling modes (all ignore padding):
-  * ``mean``  -- average of the real tokens;
-  * ``max``   -- element-wise max over the real tokens;
-  * ``first`` -- the first token (a prepended [CLS] when the data adds one);
-  * ``last``  -- the last real token (for causal backbones such as HyenaDNA the only position that has
-    seen the whole sequence; the HyenaDNA finetuning recipe uses ``last``/``pool`` variants).
+Pooling (``mean``, ``max``, ``first``, ``last``; padding never enters) is ``bioseq.pooling.pool``, the
+same function ``bioseq embed`` and the probe use.
 
 RC-averaging ("post-hoc conjoining", Zhou et al. 2021; used by Caduceus): logits are averaged over the
 sequence and its reverse complement, so the prediction is strand-invariant by construction.
@@ -19,27 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-POOLING = ("mean", "max", "first", "last")
+from bioseq.pooling import POOLS, pool
 
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, mode: str = "mean") -> torch.Tensor:
-    """Pool ``hidden [B, L, D]`` over the real tokens of ``attention_mask [B, L]`` -> ``[B, D]``."""
-    if mode not in POOLING:
-        raise ValueError(f"unknown pooling '{mode}' (choose from {', '.join(POOLING)})")
-    B, L, _ = hidden.shape
-    if attention_mask is None:
-        attention_mask = torch.ones(B, L, dtype=torch.bool, device=hidden.device)
-    mask = attention_mask.to(torch.bool)
-    if mode == "first":
-        return hidden[:, 0]
-    if mode == "last":
-        last = mask.long().sum(1).clamp(min=1) - 1
-        return hidden[torch.arange(B, device=hidden.device), last]
-    if mode == "max":
-        neg = torch.finfo(hidden.dtype).min
-        return hidden.masked_fill(~mask[..., None], neg).amax(1)
-    m = mask[..., None].to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+POOLING = POOLS
 
 
 class PredictionHead(nn.Module):

@@ -154,31 +154,17 @@ def embedding_features(
     max_length: int | None = None,
     device: str = "cpu",
 ) -> np.ndarray:
-    """Pooled final hidden states of a frozen backbone, computed in-process: float32 ``[N, D]``.
+    """Pooled final hidden states of a frozen backbone, computed in-process: float32 ``[N, H]``.
 
-    Sequences are sorted by length into batches (little padding), right-padded with an attention mask,
-    cut to ``max_length`` tokens, and pooled with :func:`finetune.heads.pool` over the real tokens.
+    Runs the ``bioseq embed`` engine (``bioseq.embed.Embedder``: length-sorted batches of at most
+    ``batch_size`` sequences, right padding, ``bioseq.pooling``) in memory; sequences longer than
+    ``max_length`` tokens (default: the backbone's limit) are cut to it.
     """
-    import torch
+    from bioseq.embed import Embedder, EmbedOptions, embed_sequences
 
-    from bioseq.finetune.heads import pool
-
-    backbone = backbone.to(device).eval()
-    encoded = [np.asarray(tokenizer.encode(s), dtype=np.int64)[:max_length] for s in sequences]
-    order = np.argsort([len(e) for e in encoded], kind="stable")
-    out = np.zeros((len(sequences), backbone.d_model), dtype=np.float32)
-    with torch.no_grad():
-        for lo in range(0, len(order), batch_size):
-            idx = order[lo : lo + batch_size]
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), tokenizer.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(idx), width), dtype=torch.bool)
-            for r, i in enumerate(idx):
-                ids[r, : len(encoded[i])] = torch.from_numpy(encoded[i])
-                mask[r, : len(encoded[i])] = True
-            h = backbone(ids.to(device), attention_mask=mask.to(device))
-            out[idx] = pool(h.float(), mask.to(device), pooling).cpu().numpy()
-    return out
+    options = EmbedOptions(pools=(pooling,), max_length=max_length, long="truncate", device=device,
+                           max_batch_size=batch_size)
+    return embed_sequences(Embedder(backbone, tokenizer, options), sequences)[pooling]
 
 
 def load_embedding_file(path, pooling: str = "mean") -> tuple[list[str], np.ndarray]:

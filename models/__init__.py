@@ -20,6 +20,7 @@ from bioseq.models.base import (
     config_from_dict,
     known_layouts,
     load_backbone,
+    resolve_backbone,
     save_pretrained,
 )
 from bioseq.models.hyena import FAMILY as HYENA
@@ -33,8 +34,8 @@ ARCHITECTURES = base.architectures()
 PRESETS = base.presets()
 
 __all__ = ["ARCHITECTURES", "PRESETS", "FAMILIES", "Backbone", "BackboneConfig", "Family", "Layout",
-           "build_backbone", "config_from_dict", "load_backbone", "save_pretrained", "known_layouts",
-           "load_tokenizer_for", "register", "HyenaConfig", "HyenaDNA"]
+           "build_backbone", "config_from_dict", "load_backbone", "resolve_backbone", "save_pretrained",
+           "known_layouts", "load_tokenizer_for", "register", "HyenaConfig", "HyenaDNA"]
 
 
 def register(family: Family) -> Family:

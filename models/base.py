@@ -372,3 +372,35 @@ def load_backbone(spec: str | Path, **overrides) -> Backbone:
     if text.count("/") == 1 and not text.startswith((".", "/")):
         return load_directory(ckpt.resolve_pretrained(text), **overrides)
     raise BioseqError(f"{spec}: neither a checkpoint directory nor a preset ({', '.join(presets())})")
+
+
+def resolve_backbone(backbone: str | Path | nn.Module | None = None, *, arch: str | None = None,
+                     preset: str | None = None, config: dict | None = None,
+                     overrides: dict | None = None) -> Backbone:
+    """The one way pretraining, finetuning, ``embed`` and ``probe`` get their backbone.
+
+    First that applies: ``backbone`` as a module (used as is); ``config`` (a config dict: with a
+    ``preset`` its fields override the preset, else it is a whole config naming its ``arch`` or taking
+    ``arch``); ``backbone`` as a string (``load_backbone``: checkpoint directory, preset name or Hub
+    id); ``preset`` / ``arch`` (random initialisation). ``overrides`` replace config fields in every
+    case but the module one; unknown field names are an error everywhere.
+    """
+    overrides = dict(overrides or {})
+    if isinstance(backbone, nn.Module):
+        if overrides or config:
+            raise BioseqError("config overrides apply to a backbone that is built or loaded here, not to a "
+                              "module passed in")
+        return backbone
+    if config:
+        config = dict(config)
+        if preset is not None:
+            if config.pop("arch", arch) not in (None, presets().get(preset, (None,))[0]):
+                raise BioseqError(f"preset {preset!r} does not match the config's arch")
+            return build_backbone(arch, preset, **config, **overrides)
+        config.setdefault("arch", arch or "hyena")
+        return build_backbone(config=config, **overrides)
+    if backbone is not None:
+        return load_backbone(backbone, **overrides)
+    if preset is None and arch is None:
+        raise BioseqError("no backbone given: name a checkpoint directory or preset, or a config")
+    return build_backbone(arch, preset, **overrides)

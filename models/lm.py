@@ -1,12 +1,13 @@
 """``LanguageModel``: causal or masked language-model pretraining over any backbone of the contract.
 
-The backbone (``models.hyena.HyenaDNA`` or any other architecture registered in
-``models.ARCHITECTURES``) maps ``input_ids [B, L]`` to final-normed hidden states ``[B, L, D]``. The LM
-head is tied to the input embedding: ``logits = hidden @ E^T`` with ``E = backbone.embed_tokens.weight``
-of shape ``[V_padded, D]`` (HyenaDNA pads the 12-token DNA vocabulary to 16 rows), so ``forward``
-returns ``[B, L, V_padded]`` logits exactly like the official model. The loss only uses the first
-``tokenizer.vocab_size`` columns (the padding rows are not tokens); perplexities are therefore over the
-real vocabulary.
+The backbone (any architecture registered in ``models.ARCHITECTURES``, see ``models/base.py``) maps
+``input_ids [B, L]`` to final-normed hidden states ``[B, L, H]``. The LM head is the backbone's own
+``lm_logits``: tied to the input embedding (``logits = hidden @ E^T``, HyenaDNA, Mamba) or an
+untied weight saved with the backbone (xLSTM, -hf HyenaDNA), or a structured head (Caduceus RCPS);
+``forward`` returns ``[B, L, V_padded]`` logits exactly like the official model (HyenaDNA pads the
+12-token DNA vocabulary to 16 rows). CLM on a bidirectional backbone (``backbone.causal`` False) is
+refused. The loss only uses the first ``tokenizer.vocab_size`` columns (the padding rows are not
+tokens); perplexities are therefore over the real vocabulary.
 
 Objectives (``objective=``):
 
@@ -34,7 +35,6 @@ config and tokenizer.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from typing import Any
@@ -149,6 +149,10 @@ class LanguageModel(L.LightningModule):
         self.save_hyperparameters(ignore=["backbone"])
         self.backbone = backbone if backbone is not None else self._build_backbone()
         self.hparams.arch = getattr(self.backbone.config, "arch", arch)
+        if objective == "clm" and not getattr(self.backbone, "causal", True):
+            raise BioseqError(f"objective 'clm' (next-token prediction) needs a causal backbone, but this "
+                              f"'{self.hparams.arch}' backbone is bidirectional (every position sees the "
+                              "whole sequence): use objective 'mlm'")
         self._tokenizer_explicit = tokenizer is not None
         self.tokenizer = self._resolve_tokenizer(tokenizer)
         if tokenizer is not None and not isinstance(tokenizer, (str, dict)):
@@ -160,17 +164,15 @@ class LanguageModel(L.LightningModule):
     # ------------------------------------------------------------------ construction
     def _build_backbone(self) -> nn.Module:
         from bioseq import models
+
         hp = self.hparams
-        if hp.pretrained is not None:
-            if hp.backbone_config:
-                raise BioseqError("give either model.pretrained or model.backbone_config, not both")
-            return models.load_backbone(hp.pretrained)
-        overrides = dict(hp.backbone_config or {})
-        arch = overrides.pop("arch", hp.arch)
-        if hp.preset is None and not overrides:
+        if hp.pretrained is not None and hp.backbone_config:
+            raise BioseqError("give either model.pretrained or model.backbone_config, not both")
+        if hp.pretrained is None and hp.preset is None and not hp.backbone_config:
             raise BioseqError("LanguageModel needs a backbone: set model.preset, model.backbone_config "
                               "or model.pretrained")
-        return models.build_backbone(arch, hp.preset, **overrides)
+        return models.resolve_backbone(hp.pretrained, arch=hp.arch, preset=hp.preset,
+                                       config=hp.backbone_config)
 
     def _resolve_tokenizer(self, spec):
         if hasattr(spec, "vocab_size") and hasattr(spec, "to_dict"):
@@ -217,9 +219,10 @@ class LanguageModel(L.LightningModule):
         return int(self.tokenizer.vocab_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """``input_ids [B, L]`` -> logits ``[B, L, V_padded]`` (tied head, padding columns included)."""
+        """``input_ids [B, L]`` -> logits ``[B, L, V_padded]`` (the backbone's LM head: tied to the
+        embedding or its own weight, as the backbone declares; padding columns included)."""
         hidden = self.backbone(input_ids, attention_mask=attention_mask)
-        return F.linear(hidden, self.backbone.embed_tokens.weight)
+        return self.backbone.lm_logits(hidden)
 
     def _targets(self, batch: dict, generator: torch.Generator | None):
         input_ids = batch["input_ids"]
@@ -354,7 +357,7 @@ class LanguageModel(L.LightningModule):
             arch=getattr(self.backbone.config, "arch", hp.get("arch")),
             preset=None,
             pretrained=None,
-            backbone_config=_plain(dataclasses.asdict(self.backbone.config)),
+            backbone_config=self.backbone.config.to_dict(),
             tokenizer=self.tokenizer.to_dict(),
         )
         checkpoint["hyper_parameters"] = hp
@@ -363,15 +366,6 @@ class LanguageModel(L.LightningModule):
         """Write the backbone in ``save_pretrained`` format (config.json, model.safetensors,
         tokenizer.json) for ``models.load_backbone`` / ``bioseq embed`` / finetuning."""
         self.backbone.save_pretrained(directory, tokenizer=self.tokenizer)
-
-
-def _plain(value):
-    """Tuples -> lists recursively, so the config is YAML/JSON friendly."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _read_json(path) -> dict:

@@ -96,6 +96,20 @@ def resolve_warmup(warmup_steps: int | float, total_steps: int) -> int:
     return max(0, int(warmup_steps))
 
 
+def _split_by_scale(groups: list[dict], scales: dict[int, float], lr: float) -> list[dict]:
+    out = []
+    for g in groups:
+        by_scale: dict[float, list] = {}
+        for p in g["params"]:
+            by_scale.setdefault(scales.get(id(p), 1.0), []).append(p)
+        for scale, params in by_scale.items():
+            ng = {k: v for k, v in g.items() if k != "params"}
+            ng["params"] = params
+            ng["lr"] = g.get("lr", lr) * scale
+            out.append(ng)
+    return out
+
+
 def build_optimizer(
     model: nn.Module,
     *,
@@ -106,17 +120,24 @@ def build_optimizer(
     warmup_steps: int | float = 0.01,
     total_steps: int = 10_000,
     min_lr_ratio: float = 0.1,
+    lr_scales: dict[int, float] | None = None,
 ) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over :func:`param_groups` plus a per-step cosine schedule with linear warmup.
 
     ``warmup_steps`` is a step count, or a fraction of ``total_steps`` when it is a float in (0, 1).
-    Call ``scheduler.step()`` after every optimizer step (Lightning: ``interval="step"``).
+    ``lr_scales`` maps ``id(param)`` to a multiplier of the group's learning rate (layer-wise decay, a
+    separate head lr); each group is split by multiplier. Call ``scheduler.step()`` after every
+    optimizer step (Lightning: ``interval="step"``). The one optimizer builder of pretraining and
+    finetuning.
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
     total_steps = max(1, int(total_steps))
     warmup = resolve_warmup(warmup_steps, total_steps)
-    optimizer = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
+    groups = param_groups(model, weight_decay)
+    if lr_scales:
+        groups = _split_by_scale(groups, lr_scales, lr)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: cosine_with_warmup(step, warmup, total_steps, min_lr_ratio)
     )

@@ -36,6 +36,7 @@ from bioseq.embed import (
     read_embeddings,
 )
 from bioseq.errors import BioseqError
+from bioseq.models import Backbone
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -71,37 +72,46 @@ class FakeDnaTokenizer:
         return self.comp[ids[::-1]]
 
 
-class TinyCausal(nn.Module):
+class TinyCausal(Backbone):
     """Causal stand-in backbone: embedding -> residual GRUs -> LayerNorm. [B, L] -> [B, L, D]."""
 
-    supports_step = False
-    causal = True
+    arch = "tiny"
 
     def __init__(self, d: int = 8, n_layer: int = 2, vocab: int = 16, l_max: int | None = None):
-        super().__init__()
-        self.config = SimpleNamespace(arch="tiny", alphabet="dna", vocab_size=vocab, l_max=l_max)
+        super().__init__(SimpleNamespace(arch="tiny", alphabet="dna", vocab_size=vocab, l_max=l_max,
+                                         d_model=d))
         self.d_model = d
         self.embed_tokens = nn.Embedding(vocab, d)
         self.grus = nn.ModuleList(nn.GRU(d, d, batch_first=True) for _ in range(n_layer))
         self.norm = nn.LayerNorm(d)
 
-    def forward(self, input_ids, attention_mask=None, inputs_embeds=None, output_hidden_states=False):
-        x = self.embed_tokens(input_ids)
-        states = [x]
-        for g in self.grus:
-            x = x + g(x)[0]
+    @property
+    def max_length(self):
+        return self.config.l_max
+
+    def forward(self, input_ids, attention_mask=None, inputs_embeds=None, output_hidden_states=False,
+                state=None):
+        self.check_state_arg(state)
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        states, new = [x], []
+        for i, g in enumerate(self.grus):
+            y, s = g(x, None if state is None else state[i])
+            x = x + y
             states.append(x)
+            new.append(s)
         h = self.norm(x)
-        return (h, tuple(states)) if output_hidden_states else h
+        out = (h, tuple(states)) if output_hidden_states else (h,)
+        out = out + (new,) if state is not None else out
+        return out if len(out) > 1 else h
 
 
 class TinyStepper(TinyCausal):
-    """The same model with a recurrent state: ``step`` reproduces ``forward`` exactly."""
+    """The same model with a recurrent state: ``step`` and ``forward(state=)`` reproduce ``forward``."""
 
-    supports_step = True
+    supports_state = True
 
-    def allocate_state(self, batch_size):
-        return [torch.zeros(1, batch_size, self.d_model) for _ in self.grus]
+    def allocate_state(self, batch_size, device=None):
+        return [torch.zeros(1, batch_size, self.d_model, device=device) for _ in self.grus]
 
     def step(self, input_ids, state):
         x = self.embed_tokens(input_ids)[:, None]  # [B, 1, D]

@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from bioseq.errors import BioseqError
+from bioseq.models import Backbone, BackboneConfig
 from bioseq.models.lm import IGNORE_INDEX, LanguageModel, mlm_mask, special_token_ids
 
 
@@ -30,26 +31,27 @@ class ToyDnaTokenizer:
     def to_dict(self):
         return {"name": "dna"}
 
+    def save(self, path):
+        Path(path).write_text(json.dumps(self.to_dict()))
+
 
 @dataclasses.dataclass
-class ToyConfig:
+class ToyConfig(BackboneConfig):
     arch: str = "toy"
     alphabet: str = "dna"
     vocab_size: int = 16
     d_model: int = 16
 
 
-class ToyBackbone(nn.Module):
+class ToyBackbone(Backbone):
     """Causal stand-in: embedding -> GRU -> LayerNorm (the backbone contract, nothing more)."""
 
-    supports_step = False
-    causal = True
+    arch = "toy"
 
     def __init__(self, config: ToyConfig | None = None):
-        super().__init__()
-        self.config = config or ToyConfig()
-        self.d_model, self.vocab_size = self.config.d_model, self.config.vocab_size
-        self.embed_tokens = nn.Embedding(self.vocab_size, self.d_model)
+        super().__init__(config or ToyConfig())
+        self.d_model = self.config.d_model
+        self.embed_tokens = nn.Embedding(self.config.vocab_size, self.d_model)
         self.drop = nn.Dropout(0.1)
         self.rnn = nn.GRU(self.d_model, self.d_model, batch_first=True)
         self.norm = nn.LayerNorm(self.d_model)
@@ -58,14 +60,6 @@ class ToyBackbone(nn.Module):
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         h = self.norm(self.rnn(self.drop(x))[0])
         return (h, (x, h)) if output_hidden_states else h
-
-    def save_pretrained(self, directory, tokenizer=None):
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(dataclasses.asdict(self.config)))
-        if tokenizer is not None:
-            (directory / "tokenizer.json").write_text(json.dumps(tokenizer.to_dict()))
-        torch.save(self.state_dict(), directory / "weights.pt")
 
 
 def toy_model(**kw) -> LanguageModel:
