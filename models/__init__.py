@@ -25,8 +25,9 @@ from bioseq.models.base import (
 )
 from bioseq.models.hyena import FAMILY as HYENA
 from bioseq.models.hyena import HyenaConfig, HyenaDNA
+from bioseq.models.mamba import FAMILY as MAMBA
 
-FAMILIES: tuple[Family, ...] = (HYENA,)
+FAMILIES: tuple[Family, ...] = (HYENA, MAMBA)
 for _family in FAMILIES:
     base.register(_family)
 
