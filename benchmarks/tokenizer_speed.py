@@ -32,13 +32,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from bioseq.tokenizers import (
-    DNA_IUPAC,
-    PROTEIN_EXTRA,
-    PROTEIN_STANDARD,
-    DnaTokenizer,
-    ProteinTokenizer,
-)
+from bioseq.alphabets import DNA_IUPAC, PROTEIN_STANDARD
+from bioseq.tokenizers import DnaTokenizer, ProteinTokenizer
+
+PROTEIN_EXTRA = "XBZUO"  # the non-standard protein letters that have tokens
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 clock = time.process_time

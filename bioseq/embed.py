@@ -68,9 +68,7 @@ per-token rows go to disk as they are computed. The input is read twice (it must
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gzip
 import hashlib
 import io
 import json
@@ -126,44 +124,13 @@ def iter_fasta(paths: Sequence[str | os.PathLike], *, dedupe: bool = False) -> I
             yield SequenceRecord(rec.id, rec.seq, str(path), rec.line)
 
 
-def _open_text(path: str | os.PathLike):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
 def iter_smiles(path: str | os.PathLike, *, column: str | None = None,
                 id_column: str | None = None) -> Iterator[SequenceRecord]:
-    """Stream SMILES from a CSV (``column`` names the SMILES column, optional ``id_column``) or from a
-    ``.smi``/text file (one SMILES per line, optional whitespace-separated name; ``#`` comments).
+    """Stream SMILES as records, read by :func:`bioseq.smiles_file.iter_smiles` (text or CSV/TSV)."""
+    from bioseq.smiles_file import iter_smiles as read
 
-    Records without a name get the id ``<row number>`` (1-based data row). gzip is detected.
-    """
-    if column is not None:
-        with _open_text(path) as fh:
-            reader = csv.DictReader(fh)
-            header = reader.fieldnames or []
-            for name in [column] + ([id_column] if id_column else []):
-                if name not in header:
-                    raise EmbedError(f"{locate(path, line=1)}: no column '{name}' (columns: "
-                                     f"{', '.join(header)})")
-            for i, row in enumerate(reader, start=1):
-                smi = (row[column] or "").strip()
-                rid = (row[id_column] or "").strip() if id_column else str(i)
-                yield SequenceRecord(rid or str(i), smi, str(path), reader.line_num)
-        return
-    with _open_text(path) as fh:
-        n = 0
-        for lineno, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            n += 1
-            parts = line.split(maxsplit=1)
-            rid = parts[1].strip() if len(parts) > 1 else str(n)
-            yield SequenceRecord(rid, parts[0], str(path), lineno)
+    for entry in read(path, column=column, id_column=id_column):
+        yield SequenceRecord(entry.id, entry.smiles, str(path), entry.line)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bioseq.alphabets import FASTA_ALPHABETS
 from bioseq.errors import BioseqError, locate
 
 __all__ = [
@@ -147,10 +148,7 @@ def _lut(chars: str) -> np.ndarray:
 
 #: Characters accepted when ``alphabet`` is given (either case). DNA: ACGT, N and the IUPAC
 #: ambiguity codes. Protein: the 20 standard residues, B Z J X U O, ``*`` stop, ``-``/``.`` gaps.
-ALPHABETS: dict[str, str] = {
-    "dna": "ACGTNRYSWKMBDHV",
-    "protein": "ACDEFGHIKLMNPQRSTVWYBZJXUO*-.",
-}
+ALPHABETS: dict[str, str] = dict(FASTA_ALPHABETS)
 _ALPHABET_LUT = {name: _lut(chars) for name, chars in ALPHABETS.items()}
 
 

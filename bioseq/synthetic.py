@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bioseq.alphabets import COMPLEMENT_BYTES
+
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
-COMPLEMENT = np.zeros(256, dtype=np.uint8)
-for _a, _b in zip(b"ACGTNacgtn", b"TGCANtgcan"):
-    COMPLEMENT[_a] = _b
+COMPLEMENT = COMPLEMENT_BYTES
 TATA_CONSENSUS = "TATAWAWR"
 _IUPAC = {"A": b"A", "C": b"C", "G": b"G", "T": b"T", "W": b"AT", "R": b"AG"}
 

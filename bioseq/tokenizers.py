@@ -55,6 +55,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from bioseq.alphabets import (
+    DNA_COMPLEMENT,
+    DNA_IUPAC,
+    DNA_SYMBOLS,
+    PROTEIN_GAPS,
+    PROTEIN_STANDARD,
+    PROTEIN_TOKEN_SYMBOLS,
+)
 from bioseq.errors import BioseqError, locate
 
 __all__ = [
@@ -76,12 +84,7 @@ FORMAT_VERSION = 1
 _INVALID = 255  # lookup-table marker: a byte that is not allowed
 _AMBIGUOUS = 254  # lookup-table marker: an IUPAC code when iupac="error"
 
-DNA_SYMBOLS = "ACGTN"
-DNA_IUPAC = "RYSWKMBDHV"
-PROTEIN_STANDARD = "ACDEFGHIKLMNPQRSTVWY"
-PROTEIN_EXTRA = "XBZUO"
-PROTEIN_SYMBOLS = PROTEIN_STANDARD + PROTEIN_EXTRA + "*-."
-PROTEIN_GAPS = "-."
+PROTEIN_SYMBOLS = PROTEIN_TOKEN_SYMBOLS
 
 
 class TokenizerError(BioseqError):
@@ -588,8 +591,8 @@ class DnaTokenizer(_CharTokenizer):
         self._allowed_text = ", ".join(parts) + " (either case)"
         super().__init__(unknown=unknown)
         comp = np.arange(self.vocab_size, dtype=np.int64)
-        for a, b in ("AT", "TA", "CG", "GC", "NN"):
-            comp[self.vocab.index(a)] = self.vocab.index(b)
+        for a in DNA_SYMBOLS:
+            comp[self.vocab.index(a)] = self.vocab.index(DNA_COMPLEMENT[a])
         self._complement = comp
 
     def _extend_table(self, table: np.ndarray) -> None:

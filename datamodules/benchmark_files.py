@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bioseq.alphabets import reverse_complement_text
 from bioseq.errors import BioseqError, locate
 
 
@@ -349,12 +350,9 @@ def read_gb_intervals(
     return LabeledSequences(seqs, np.asarray(labels, dtype=np.int64), classes, ids, str(split_dir))
 
 
-_RC = str.maketrans("ACGTNacgtnRYSWKMBDHVrykmbdhv", "TGCANtgcanYRSWMKVHDByrmkvhdb")
 
 
-def reverse_complement(seq: str) -> str:
-    """Reverse complement of a DNA string (IUPAC codes complemented, case kept)."""
-    return seq.translate(_RC)[::-1]
+reverse_complement = reverse_complement_text  # IUPAC codes complemented, case kept (bioseq.alphabets)
 
 
 _SEQ_COLUMNS = ("sequence", "seq", "sequences", "dna", "smiles")

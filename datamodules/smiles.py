@@ -27,9 +27,6 @@ masking is done by the LanguageModel). ``index`` = the molecule's ordinal within
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import itertools
 import logging
 import os
@@ -45,77 +42,13 @@ from bioseq.datamodules.collate import (
     hash_fraction,
     trainer_loader,
 )
-from bioseq.errors import BioseqError, locate
+from bioseq.errors import BioseqError
+from bioseq.smiles_file import read_smiles
 from bioseq.tokenizers import SmilesTokenizer, load_tokenizer
 
 __all__ = ["SmilesDataModule", "SmilesExamples", "read_smiles"]
 
 log = logging.getLogger(__name__)
-
-
-def _open_text(path: Path) -> io.TextIOBase:
-    if not path.is_file():
-        raise BioseqError(f"{path}: file not found" if not path.exists() else f"{path}: not a file")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    raw = gzip.open(path, "rb") if magic == b"\x1f\x8b" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding="utf-8", errors="strict", newline="")
-
-
-def _is_smi(path: Path) -> bool:
-    name = path.name.lower().removesuffix(".gz")
-    return name.endswith((".smi", ".smiles"))
-
-
-def read_smiles(path: str | os.PathLike, column: str = "smiles") -> list[tuple[str, int]]:
-    """``(stripped SMILES, 1-based line)`` of every non-empty entry of a CSV/TSV column or ``.smi`` file.
-
-    A missing column raises a one-line :class:`BioseqError` naming the file and listing the columns.
-    """
-    path = Path(path)
-    out = []
-    try:
-        with _open_text(path) as fh:
-            if _is_smi(path):
-                for lineno, text in enumerate(fh, 1):
-                    fields = text.split()
-                    if not fields or (lineno == 1 and fields[0].lower() == "smiles"):
-                        continue
-                    out.append((fields[0], lineno))
-                return out
-            header_line = fh.readline()
-            if not header_line.strip():
-                raise BioseqError(f"{locate(path, line=1)}: empty file or missing header line")
-            name = path.name.lower().removesuffix(".gz")
-            delimiter = "\t" if name.endswith((".tsv", ".tab")) or "\t" in header_line else ","
-            header = [h.strip() for h in next(csv.reader([header_line], delimiter=delimiter))]
-            lowered = [h.lower() for h in header]
-            if column in header:
-                col = header.index(column)
-            elif column.strip().lower() in lowered:
-                col = lowered.index(column.strip().lower())
-            else:
-                raise BioseqError(
-                    f"{locate(path, line=1)}: no column {column!r}; the columns are "
-                    f"{', '.join(repr(h) for h in header)}"
-                )
-            for lineno, row in enumerate(csv.reader(fh, delimiter=delimiter), 2):
-                if not row:
-                    continue
-                if len(row) <= col:
-                    raise BioseqError(
-                        f"{locate(path, line=lineno)}: {len(row)} fields, the header has {len(header)}"
-                    )
-                smi = row[col].strip()
-                if smi:
-                    out.append((smi, lineno))
-    except UnicodeDecodeError as exc:
-        raise BioseqError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    except (OSError, EOFError) as exc:
-        if isinstance(exc, BioseqError):
-            raise
-        raise BioseqError(f"{path}: cannot read ({exc})") from None
-    return out
 
 
 class SmilesExamples(ShardedIterable):

@@ -132,7 +132,7 @@ def load_model(spec: str, seed: int = 0, overrides: dict | None = None):
 
     torch.manual_seed(seed)  # presets: deterministic random weights (so --resume can verify them)
     try:
-        backbone = models.load_backbone(spec, **(overrides or {}))
+        backbone = models.resolve_backbone(spec, overrides=overrides)
     except TypeError as err:  # an unknown config field
         raise EmbedError(f"--model-override: {err}") from None
     tokenizer = models.load_tokenizer_for(backbone)

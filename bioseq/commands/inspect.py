@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
+from bioseq.alphabets import DNA_CANONICAL as _DNA_CANON
+from bioseq.alphabets import DNA_IUPAC as _DNA_IUPAC
+from bioseq.alphabets import PROTEIN_GAPS as _GAPS
+from bioseq.alphabets import PROTEIN_STANDARD as _PROT_CANON
+
 HELP = "Summarise FASTA files: records, lengths, alphabet, N, lowercase and IUPAC content."
 
-_DNA_CANON = "ACGT"
-_DNA_IUPAC = "RYSWKMBDHV"
-_PROT_CANON = "ACDEFGHIKLMNPQRSTVWY"
 _PROT_EXTRA = "BZJXUO"  # ambiguity codes (B Z J X) and the non-standard residues U (Sec), O (Pyl)
-_GAPS = "-."
 
 
 def _classes(alphabet: str) -> dict[str, str]:

@@ -83,9 +83,9 @@ def main(argv: list[str]) -> int:
         else:
             if not a.backbone:
                 raise BioseqError("--features embeddings needs --backbone (checkpoint dir or preset)")
-            from bioseq.models import load_backbone, load_tokenizer_for
+            from bioseq.models import load_tokenizer_for, resolve_backbone
 
-            backbone = load_backbone(a.backbone)
+            backbone = resolve_backbone(a.backbone)
             tok = load_tokenizer_for(backbone)
             kw = dict(pooling=a.pooling, batch_size=a.batch_size, max_length=a.max_length)
             x_tr = probe.embedding_features(backbone, tok, train.sequences, **kw)

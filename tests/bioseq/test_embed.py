@@ -510,7 +510,7 @@ def test_smiles_inputs(tmp_path):
         fh.write("name,smiles,y\nethanol,CCO,1\nbenzene,c1ccccc1,0\n")
     recs = list(iter_smiles(csv_path, column="smiles", id_column="name"))
     assert [(r.id, r.seq) for r in recs] == [("ethanol", "CCO"), ("benzene", "c1ccccc1")]
-    with pytest.raises(EmbedError, match="no column 'smi'"):
+    with pytest.raises(BioseqError, match="no column .smi."):
         list(iter_smiles(csv_path, column="smi"))
     smi = tmp_path / "m.smi"
     smi.write_text("# comment\nCCO ethanol\n\nC1CC1\n")
