@@ -23,11 +23,12 @@ from bioseq.models.base import (
     resolve_backbone,
     save_pretrained,
 )
+from bioseq.models.caduceus import FAMILY as CADUCEUS
 from bioseq.models.hyena import FAMILY as HYENA
 from bioseq.models.hyena import HyenaConfig, HyenaDNA
 from bioseq.models.mamba import FAMILY as MAMBA
 
-FAMILIES: tuple[Family, ...] = (HYENA, MAMBA)
+FAMILIES: tuple[Family, ...] = (HYENA, MAMBA, CADUCEUS)
 for _family in FAMILIES:
     base.register(_family)
 
