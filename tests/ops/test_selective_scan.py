@@ -1,4 +1,5 @@
-"""selective_scan: the spec vs a float64 closed form, the per-token update, state passing and dispatch."""
+"""selective_scan: the spec vs a float64 closed form; the blocked CPU path vs the spec (outputs, final
+state, every input gradient) and its memory; the per-token update, state passing and dispatch."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bioseq.ops.selective_scan import selective_scan, selective_scan_ref, selective_state_update
+from bioseq.ops import selective_scan as scan_pkg
+from bioseq.ops.selective_scan import (
+    selective_scan,
+    selective_scan_blocked,
+    selective_scan_ref,
+    selective_state_update,
+)
 
 
 def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -111,6 +118,101 @@ def test_spec_rejects_bad_shapes():
         selective_scan_ref(**args, initial_state=torch.randn(2, 6, 3))
 
 
+# ---------------------------------------------------------------- the blocked CPU path
+
+BLOCKED_CASES = [  # (batch, dim, L, N, groups, state, block, segment_elements)
+    (2, 6, 16, 4, 0, False, 4, 10 ** 9),        # L a multiple of the block, one segment
+    (2, 6, 13, 4, 0, True, 4, 2 * 6 * 4 * 8),   # partial last block, segments of 2 blocks, initial state
+    (1, 8, 17, 3, 2, True, 8, 1),               # grouped B/C, one block per segment
+    (2, 6, 11, 4, 3, False, 3, 2 * 6 * 4 * 9),  # odd block, 3 blocks per segment, partial last segment
+    (1, 4, 1, 3, 0, True, 8, 10 ** 9),          # L = 1
+    (2, 4, 29, 2, 0, True, 64, 10 ** 9),        # one block longer than the sequence
+]
+
+
+def blocked_id(case) -> str:
+    *spec, block, seg = case
+    return spec_id(spec) + f"-T{block}-S{seg}"
+
+
+def compare_with_spec(args, dtype, block, seg, softplus=True):
+    y, last = selective_scan_blocked(**args, delta_softplus=softplus, return_state=True, block=block,
+                                     segment_elements=seg)
+    y_ref, last_ref = selective_scan_ref(**args, delta_softplus=softplus, return_state=True)
+    gy, gs = torch.randn_like(y_ref), torch.randn_like(last_ref)
+    names = list(args)
+    got = torch.autograd.grad((y * gy).sum() + (last * gs).sum(), [args[k] for k in names])
+    want = torch.autograd.grad((y_ref * gy).sum() + (last_ref * gs).sum(), [args[k] for k in names])
+    assert y.dtype == y_ref.dtype and last.dtype == last_ref.dtype
+    return [("y", y, y_ref), ("last_state", last, last_ref)] + [
+        ("d" + k, a, b) for k, a, b in zip(names, got, want)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("case", BLOCKED_CASES, ids=blocked_id)
+def test_blocked_matches_spec_outputs_state_and_all_gradients(case, dtype):
+    batch, dim, L, N, groups, state, block, seg = case
+    args = make_inputs(batch, dim, L, N, groups, dtype, state, requires_grad=True)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    for name, a, b in compare_with_spec(args, dtype, block, seg):
+        assert a.shape == b.shape and max_rel(a, b) < tol, (name, max_rel(a, b))
+
+
+@pytest.mark.parametrize("extras", [False, True], ids=["bare", "D-z-bias"])
+def test_blocked_without_softplus_or_extras(extras):
+    args = make_inputs(2, 6, 13, 4, 0, torch.float64, True, extras=extras, requires_grad=True)
+    with torch.no_grad():
+        args["delta"].abs_()
+    for name, a, b in compare_with_spec(args, torch.float64, 4, 2 * 6 * 4 * 8, softplus=False):
+        assert max_rel(a, b) < 1e-12, name
+
+
+def test_blocked_gradcheck_float64():
+    args = make_inputs(1, 4, 7, 3, 2, torch.float64, True, requires_grad=True)
+    names = list(args)
+
+    def fn(*tensors):
+        y, last = selective_scan_blocked(**dict(zip(names, tensors)), delta_softplus=True, return_state=True,
+                                         block=3, segment_elements=1 * 4 * 3 * 3)
+        return y, last
+
+    assert torch.autograd.gradcheck(fn, [args[k] for k in names])
+
+
+def test_blocked_half_precision_input():
+    args = make_inputs(2, 6, 21, 4, 0, torch.bfloat16, False)
+    y = selective_scan_blocked(**args, delta_softplus=True)
+    assert y.dtype == torch.bfloat16 and max_rel(y, selective_scan_ref(**args, delta_softplus=True)) < 1e-2
+
+
+def saved_elements(fn) -> int:
+    """Number of tensor elements the autograd graph of ``fn()`` saves for backward."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    out.sum().backward()
+    return total
+
+
+def test_blocked_autograd_keeps_no_state_per_step():
+    """The spec's graph keeps a state per step (>= batch * dim * L * N elements); the blocked path keeps
+    its inputs (8 [batch, dim, L] tensors with D, z and the softplus, B and C) and one state per segment."""
+    batch, dim, L, N = 2, 32, 256, 64
+    full = batch * dim * L * N
+    args = make_inputs(batch, dim, L, N, 0, torch.float32, True, requires_grad=True)
+    spec = saved_elements(lambda: selective_scan_ref(**args, delta_softplus=True))
+    blocked = saved_elements(lambda: selective_scan_blocked(**args, delta_softplus=True, block=8,
+                                                            segment_elements=batch * dim * N * 32))
+    assert spec >= full
+    assert blocked < 0.25 * full, (blocked, full)
+
+
 # ---------------------------------------------------------------- state passing and the one-token update
 
 STATE_CASES = [(2, 6, 11, 4, 0), (1, 6, 12, 3, 2)]
@@ -151,3 +253,15 @@ def test_state_update_leaves_state_unchanged():
     selective_state_update(state, args["u"][..., 0], args["delta"][..., 0], args["A"], args["B"][..., 0],
                            args["C"][..., 0])
     assert torch.equal(state, args["initial_state"])
+
+
+# ---------------------------------------------------------------- dispatch
+
+def test_dispatch_cpu_runs_the_blocked_path(monkeypatch):
+    monkeypatch.delenv("BIOSEQ_OPS", raising=False)
+    calls = []
+    real = scan_pkg.selective_scan_blocked
+    monkeypatch.setattr(scan_pkg, "selective_scan_blocked", lambda *a, **k: calls.append(1) or real(*a, **k))
+    args = make_inputs()
+    y = selective_scan(**args, delta_softplus=True)
+    assert calls == [1] and max_rel(y, selective_scan_ref(**args, delta_softplus=True)) < 1e-5

@@ -5,7 +5,9 @@ initial_state=None, return_state=False)`` with u, delta [batch, dim, L], A [dim,
 or [batch, G, N, L]; the equations are in ``bioseq.ops.selective_scan.ref``. Returns y [batch, dim, L]
 in u's dtype (and the last state [batch, dim, N] float32 with ``return_state``).
 
-Dispatch as in ``bioseq.ops._dispatch``; on CPU the reference path runs.
+Dispatch as in ``bioseq.ops._dispatch``: on CPU (and wherever the kernel does not run) the blocked
+torch path ``selective_scan_blocked`` (bounded memory, recomputing backward); ``selective_scan_ref`` is
+the per-step spec.
 ``selective_state_update(state, u, delta, A, B, C, ...)`` advances the state by one token in plain torch.
 """
 
@@ -13,9 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from bioseq.ops.selective_scan.ref import selective_scan_ref, selective_state_update_ref
+from bioseq.ops.selective_scan.ref import (
+    selective_scan_blocked,
+    selective_scan_ref,
+    selective_state_update_ref,
+)
 
-__all__ = ["selective_scan", "selective_scan_ref", "selective_state_update"]
+__all__ = ["selective_scan", "selective_scan_blocked", "selective_scan_ref", "selective_state_update"]
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -23,8 +29,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
                    initial_state: torch.Tensor | None = None, return_state: bool = False):
     """Selective scan over u [batch, dim, L]; see the module docstring for the arguments."""
-    return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
-                              return_state)
+    return selective_scan_blocked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                  return_state)
 
 
 def selective_state_update(state: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,

@@ -15,6 +15,8 @@ the spec in tests, too slow (and too memory hungry under autograd) for training.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -142,3 +144,190 @@ def selective_state_update_ref(state: torch.Tensor, u: torch.Tensor, delta: torc
     y = (new_state * Cd).sum(-1, keepdim=True)
     y = finish_output(y, uc, D, None if z is None else z.unsqueeze(-1)).squeeze(-1)
     return y.to(u.dtype), new_state
+
+
+# ---------------------------------------------------------------- the CPU path: blocked, recomputing backward
+#
+# Work layout: time step t of block c is c * T + t; per-step tensors are [batch, blocks, T, dim] (the
+# transpose of [batch, dim, L]) and states [batch, blocks, T, N, dim]: channels innermost, so every
+# product and every reduction runs along contiguous memory, and a step's slice h[:, :, t] is a stack
+# of contiguous [N, dim] tiles.
+
+def _time_major(x: torch.Tensor, T: int) -> torch.Tensor:
+    """[batch, C, L] -> contiguous [batch, L / T, T, C]; [batch, G, N, L] -> [batch, L / T, T, N, G]."""
+    if x.dim() == 4:
+        return x.permute(0, 3, 2, 1).contiguous().unflatten(1, (-1, T))
+    xt = x.transpose(1, 2)
+    if not xt.is_contiguous():  # one 2-D transpose per batch item: torch copies those in cache blocks
+        xt = torch.stack([xb.t().contiguous() for xb in x.unbind(0)])
+    return xt.unflatten(1, (-1, T))
+
+
+def _from_time_major(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_time_major`` as a view: [batch, C, L] (or [batch, G, N, L]) with channels innermost."""
+    x = x.flatten(1, 2)
+    return x.transpose(1, 2) if x.dim() == 3 else x.permute(0, 3, 2, 1)
+
+
+def _scan_segment(P, h, dseg, duseg, Bseg, state):
+    """Scan one segment in place.
+
+    P holds the decays a[t] = exp(delta[t] A) on entry and their within-block running products
+    a[0] * ... * a[t] on return; h becomes the states. P, h: [batch, nc, T, N, dim]; dseg, duseg
+    [batch, nc, T, dim] (delta and delta * u); Bseg [batch, nc, T, N, G]; state [batch, N, dim]
+    (entering the segment). Returns (state entering each block [batch, nc, N, dim], state after the
+    segment).
+    """
+    batch, nc, T, N, dim = h.shape
+    groups = Bseg.shape[-1]
+    torch.mul(duseg.unflatten(-1, (groups, -1)).unsqueeze(3), Bseg.unsqueeze(-1),
+              out=h.view(batch, nc, T, N, groups, dim // groups))             # x[t] = delta[t] u[t] B[t]
+    for t in range(1, T):                                                      # every block from a zero state
+        h[:, :, t].addcmul_(P[:, :, t], h[:, :, t - 1])
+        P[:, :, t].mul_(P[:, :, t - 1])
+    starts = h.new_empty(batch, nc, N, dim)
+    for c in range(nc):                                                        # carry across blocks
+        starts[:, c] = state
+        state = torch.addcmul(h[:, c, T - 1], P[:, c, T - 1], state)
+    h.addcmul_(P, starts.unsqueeze(2))
+    return starts, state
+
+
+def _segments(blocks: int, seg: int):
+    """(index, first block, end block) of every segment of ``seg`` blocks, in time order."""
+    return [(i, c0, min(blocks, c0 + seg)) for i, c0 in enumerate(range(0, blocks, seg))]
+
+
+class _BlockedScan(torch.autograd.Function):
+    """h[t] = exp(delta[t] A) h[t-1] + delta[t] u[t] B[t], y[t] = C[t] . h[t] over padded inputs.
+
+    Inputs (one float dtype): u, delta [batch, dim, L] with L a multiple of T; A [dim, N];
+    B, C [batch, G, N, L]; h0 [batch, dim, N] or None. Segments of ``seg`` blocks keep the
+    [batch, seg, T, N, dim] work buffers small; the state entering each segment is all that is saved
+    besides the inputs. y and the gradients come back as transposed views of [batch, L, dim] tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, T: int, seg: int):
+        batch, dim, L = u.shape
+        groups, N = B.shape[1], B.shape[2]
+        At = A.t().contiguous()                                                # [N, dim]
+        d_t = _time_major(delta, T)
+        du_t = d_t * _time_major(u, T)
+        B_t, C_t = _time_major(B, T), _time_major(C, T)
+        y_t = u.new_empty(batch, L // T, T, dim)
+        state = u.new_zeros(batch, N, dim) if h0 is None else h0.transpose(1, 2).contiguous()
+        size = batch * min(seg, L // T) * T * N * dim
+        fp, fh = u.new_empty(size), u.new_empty(size)
+        seg_starts = []
+        for _, c0, c1 in _segments(L // T, seg):
+            shape = (batch, c1 - c0, T, N, dim)
+            P, h = fp[: math.prod(shape)].view(shape), fh[: math.prod(shape)].view(shape)
+            torch.mul(d_t[:, c0:c1].unsqueeze(3), At, out=P)
+            P.exp_()
+            seg_starts.append(state)
+            _, state = _scan_segment(P, h, d_t[:, c0:c1], du_t[:, c0:c1], B_t[:, c0:c1], state)
+            prod = torch.mul(h.unflatten(-1, (groups, -1)), C_t[:, c0:c1].unsqueeze(-1),
+                             out=P.view(*shape[:4], groups, dim // groups))
+            torch.sum(prod, 3, out=y_t[:, c0:c1].unflatten(-1, (groups, -1)))
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(seg_starts))
+        ctx.T, ctx.seg, ctx.has_h0 = T, seg, h0 is not None
+        return _from_time_major(y_t), state.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, gy, glast):
+        u, delta, A, B, C, seg_starts = ctx.saved_tensors
+        T, seg = ctx.T, ctx.seg
+        batch, dim, L = u.shape
+        groups, N = B.shape[1], B.shape[2]
+        At = A.t().contiguous()
+        d_t, u_t = _time_major(delta, T), _time_major(u, T)
+        du_t = d_t * u_t
+        B_t, C_t = _time_major(B, T), _time_major(C, T)
+        g_t = u.new_zeros(batch, L // T, T, dim) if gy is None else _time_major(gy, T)
+        # K: dL/dh at the last step of the segment being processed, from everything after it
+        K = u.new_zeros(batch, N, dim) if glast is None else glast.transpose(1, 2).contiguous()
+        ddu_t, ddA_t = torch.empty_like(d_t), torch.empty_like(d_t)
+        dB_t, dC_t = torch.empty_like(B_t), torch.empty_like(C_t)
+        dAt = torch.zeros_like(At)
+        size = batch * min(seg, L // T) * T * N * dim
+        fa, fp, fh, fm = (u.new_empty(size) for _ in range(4))
+        for i, c0, c1 in reversed(_segments(L // T, seg)):
+            nc = c1 - c0
+            shape = (batch, nc, T, N, dim)
+            a, P, h, mu = (f[: math.prod(shape)].view(shape) for f in (fa, fp, fh, fm))
+            dseg, duseg, gseg = d_t[:, c0:c1], du_t[:, c0:c1], g_t[:, c0:c1]
+            Bseg, Cseg = B_t[:, c0:c1], C_t[:, c0:c1]
+            torch.mul(dseg.unsqueeze(3), At, out=a)
+            a.exp_()
+            P.copy_(a)
+            starts, _ = _scan_segment(P, h, dseg, duseg, Bseg, seg_starts[i])
+            # mu[t] = dL/dh[t] = C[t] gy[t] + a[t+1] mu[t+1]: within each block from zero, then the carry.
+            mu_g, h_g = mu.unflatten(-1, (groups, -1)), h.unflatten(-1, (groups, -1))
+            torch.mul(gseg.unflatten(-1, (groups, -1)).unsqueeze(3), Cseg.unsqueeze(-1), out=mu_g)
+            Q = P                                          # Q[t] = a[t+1] * ... * a[T-1]: decay to block end
+            Q[:, :, T - 1].fill_(1.0)
+            for t in range(T - 2, -1, -1):
+                mu[:, :, t].addcmul_(a[:, :, t + 1], mu[:, :, t + 1])
+                torch.mul(Q[:, :, t + 1], a[:, :, t + 1], out=Q[:, :, t])
+            ends = h.new_empty(batch, nc, N, dim)          # dL/dh at each block's end, from later blocks
+            for c in range(nc - 1, -1, -1):
+                ends[:, c] = K
+                K = a[:, c, 0] * torch.addcmul(mu[:, c, 0], Q[:, c, 0], K)
+            mu.addcmul_(Q, ends.unsqueeze(2))
+            tmp = Q.unflatten(-1, (groups, -1))            # Q is free from here: a scratch buffer
+            # x[t] = delta[t] u[t] B[t] and y[t] = C[t] . h[t]
+            ddu_g = ddu_t[:, c0:c1].unflatten(-1, (groups, -1))
+            torch.sum(torch.mul(mu_g, Bseg.unsqueeze(-1), out=tmp), 3, out=ddu_g)
+            du_g = duseg.unflatten(-1, (groups, -1)).unsqueeze(3)
+            g_g = gseg.unflatten(-1, (groups, -1)).unsqueeze(3)
+            torch.sum(torch.mul(mu_g, du_g, out=tmp), -1, out=dB_t[:, c0:c1])
+            torch.sum(torch.mul(h_g, g_g, out=tmp), -1, out=dC_t[:, c0:c1])
+            # a[t] = exp(delta[t] A) multiplies h[t-1]: dL/d(delta[t] A) = mu[t] a[t] h[t-1]
+            mu.mul_(a)
+            mu[:, :, 1:].mul_(h[:, :, :-1])
+            mu[:, :, 0].mul_(starts)
+            torch.sum(torch.mul(mu, At, out=Q), 3, out=ddA_t[:, c0:c1])
+            dAt += torch.mul(mu, dseg.unsqueeze(3), out=Q).sum((0, 1, 2))
+        gu = _from_time_major(ddu_t * d_t)
+        gdelta = _from_time_major(ddu_t.mul_(u_t).add_(ddA_t))
+        dh0 = K.transpose(1, 2) if ctx.has_h0 else None
+        return gu, gdelta, dAt.t(), _from_time_major(dB_t), _from_time_major(dC_t), dh0, None, None
+
+
+def selective_scan_blocked(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                           C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                           delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                           initial_state: torch.Tensor | None = None, return_state: bool = False,
+                           block: int = 8, segment_elements: int = 2 ** 19):
+    """The CPU path of ``selective_scan``: same arguments and results as ``selective_scan_ref``.
+
+    The time axis is cut into blocks of ``block`` steps. Inside a block the recurrence runs as ``block``
+    vectorised steps over all blocks of a segment at once, starting from zero, alongside the running
+    product of the decays (every factor exp(delta A) <= 1, so nothing can overflow); one step per block
+    then carries the true state across block boundaries and adds ``decay product * entering state`` to
+    every step. Segments of about ``segment_elements`` state values bound the work buffers (and keep
+    them in cache). Backward recomputes each segment's states from the state saved at its start and
+    runs the same blocked scheme backwards in time for dL/dh; the autograd graph keeps the inputs and
+    one [batch, dim, N] state per segment, never a state per time step.
+    """
+    check_scan_args(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    dtype = compute_dtype(u)
+    batch, dim, L = u.shape
+    N = A.shape[1]
+    if L == 0:
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                  return_state)
+    uc = u.to(dtype)
+    dt = effective_delta(delta, delta_bias, delta_softplus, dtype)
+    T = max(1, min(block, L))
+    pad = -L % T
+    Bg, Cg = as_groups(B).to(dtype), as_groups(C).to(dtype)
+    up, dtp = uc, dt
+    if pad:  # padded steps have delta = 0: no decay, no input, no output
+        up, dtp, Bg, Cg = (F.pad(t, (0, pad)) for t in (uc, dt, Bg, Cg))
+    seg = max(1, segment_elements // (T * batch * dim * N))                      # blocks per segment
+    h0 = None if initial_state is None else initial_state.to(dtype)
+    y, last = _BlockedScan.apply(up, dtp, A.to(dtype), Bg, Cg, h0, T, seg)
+    y = finish_output(y[..., :L], uc, D, z).to(u.dtype)
+    return (y, last) if return_state else y
