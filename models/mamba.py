@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -495,10 +495,10 @@ class Block(nn.Module):
         return x + y, state
 
 
-@dataclass
-class MambaState:
+class MambaState(NamedTuple):
     """Recurrent state of a ``Mamba`` backbone: per layer the conv inputs ``conv[i]`` [B, C, d_conv-1]
-    and the scan state ``ssm[i]`` (float32; [B, d_inner, N] or [B, H, P, N])."""
+    and the scan state ``ssm[i]`` (float32; [B, d_inner, N] or [B, H, P, N]). A named tuple of lists,
+    so ``torch.utils._pytree`` and ``torch.compile`` see plain tensors."""
 
     conv: list[torch.Tensor]
     ssm: list[torch.Tensor]
