@@ -1,5 +1,10 @@
 """selective_scan: the spec vs a float64 closed form; the blocked CPU path vs the spec (outputs, final
-state, every input gradient) and its memory; the per-token update, state passing and dispatch."""
+state, every input gradient) and its memory; the per-token update, state passing; the Triton kernel vs
+the spec (outputs and gradients) and dispatch.
+
+Kernel tests (``test_kernel_*``) run on CUDA when there is a GPU, else under Triton's interpreter on CPU;
+see tests/ops/test_fftconv.py for why a fresh process is used when triton was imported without it.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,20 @@ import torch.nn.functional as F
 from bioseq.ops import selective_scan as scan_pkg
 from bioseq.ops.selective_scan import (
     selective_scan,
+    selective_scan_backend,
     selective_scan_blocked,
     selective_scan_ref,
     selective_state_update,
+)
+from tests.ops.kernel_env import (
+    DEVICE,
+    DTYPE_IDS,
+    KERNEL_DTYPES,
+    KERNELS_HERE,
+    compile_for_sm90,
+    needs_kernels,
+    run_kernel_tests_in_fresh_process,
+    tl,
 )
 
 
@@ -195,8 +211,7 @@ def saved_elements(fn) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn()
-    out.sum().backward()
+        fn()
     return total
 
 
@@ -255,6 +270,138 @@ def test_state_update_leaves_state_unchanged():
     assert torch.equal(state, args["initial_state"])
 
 
+# ---------------------------------------------------------------- Triton kernel
+
+@pytest.fixture
+def kernels():
+    from bioseq.ops.selective_scan import triton as module
+
+    return module
+
+
+@pytest.mark.skipif(tl is None or KERNELS_HERE, reason="kernel tests ran in this process (or no triton)")
+def test_kernels_run_in_fresh_process():
+    """Triton was imported here without the interpreter: run this file's kernel tests in a subprocess."""
+    run_kernel_tests_in_fresh_process(__file__)
+
+
+KERNEL_CASES = [  # (batch, dim, L, N, groups, state, chunk): odd L, L not a multiple of the chunk
+    (2, 6, 13, 4, 0, True, 4),
+    (1, 8, 17, 3, 2, False, 8),     # grouped B/C, N not a power of two
+    (2, 4, 5, 16, 0, True, 64),     # one partial chunk
+    (1, 3, 1, 2, 0, True, 4),       # L = 1
+]
+KERNEL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+def kernel_id(case) -> str:
+    *spec, chunk = case
+    return spec_id(spec) + f"-chunk{chunk}"
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=lambda dt: DTYPE_IDS[dt])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=kernel_id)
+def test_kernel_matches_spec(kernels, case, dtype):
+    """Outputs, final state and every input gradient (the spec runs on the same rounded inputs)."""
+    batch, dim, L, N, groups, state, chunk = case
+    args = make_inputs(batch, dim, L, N, groups, dtype, state)
+    args = {k: v.to(DEVICE).requires_grad_() for k, v in args.items()}
+    y, last = kernels.selective_scan_triton(**args, delta_softplus=True, return_state=True, chunk=chunk)
+    y_ref, last_ref = selective_scan_ref(**args, delta_softplus=True, return_state=True)
+    assert y.dtype == dtype and last.dtype == torch.float32
+    gy, gs = torch.randn_like(y_ref, dtype=torch.float32), torch.randn_like(last_ref)
+    names = list(args)
+    got = torch.autograd.grad((y.float() * gy).sum() + (last * gs).sum(), [args[k] for k in names])
+    want = torch.autograd.grad((y_ref.float() * gy).sum() + (last_ref * gs).sum(), [args[k] for k in names])
+    tol = KERNEL_TOL[dtype]
+    assert max_rel(y, y_ref) < tol and max_rel(last, last_ref) < tol
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == b.dtype and max_rel(a, b) < tol, (name, max_rel(a, b))
+
+
+@needs_kernels
+def test_kernel_without_softplus_or_extras_and_strided_inputs(kernels):
+    """Mamba's layout: u and delta are [batch, L, dim] tensors seen as [batch, dim, L]."""
+    args = make_inputs(2, 6, 11, 4, 0, torch.float32, False, extras=False)
+    args["u"] = args["u"].transpose(1, 2).contiguous().transpose(1, 2)
+    args["delta"] = args["delta"].abs().transpose(1, 2).contiguous().transpose(1, 2)
+    args = {k: v.to(DEVICE).requires_grad_() for k, v in args.items()}
+    y = kernels.selective_scan_triton(**args, chunk=4)
+    y_ref = selective_scan_ref(**args)
+    gy = torch.randn_like(y_ref)
+    got = torch.autograd.grad(y, list(args.values()), gy)
+    want = torch.autograd.grad(y_ref, list(args.values()), gy)
+    assert max_rel(y, y_ref) < 1e-5
+    for name, a, b in zip(args, got, want):
+        assert max_rel(a, b) < 1e-5, name
+
+
+@needs_kernels
+def test_kernel_state_passing(kernels):
+    args = {k: v.to(DEVICE) for k, v in make_inputs(1, 4, 12, 3, 0, torch.float32, True).items()}
+    y, last = kernels.selective_scan_triton(**args, delta_softplus=True, return_state=True, chunk=4)
+    seq = ("u", "delta", "B", "C", "z")
+    left = {k: (v[..., :5] if k in seq else v) for k, v in args.items()}
+    right = {k: (v[..., 5:] if k in seq else v) for k, v in args.items() if k != "initial_state"}
+    y1, mid = kernels.selective_scan_triton(**left, delta_softplus=True, return_state=True, chunk=4)
+    y2, end = kernels.selective_scan_triton(**right, initial_state=mid, delta_softplus=True,
+                                            return_state=True, chunk=4)
+    assert max_rel(torch.cat([y1, y2], -1), y) < 1e-5 and max_rel(end, last) < 1e-5
+
+
+@needs_kernels
+def test_kernel_rejects_float64(kernels):
+    args = {k: v.to(DEVICE) for k, v in make_inputs(dtype=torch.float64).items()}
+    with pytest.raises(ValueError, match="fp32, fp16 or bf16"):
+        kernels.selective_scan_triton(**args)
+
+
+@needs_kernels
+def test_kernel_forced_by_env(monkeypatch, kernels):
+    args = {k: v.to(DEVICE) for k, v in make_inputs().items()}
+    calls = []
+    real = kernels.selective_scan_triton
+    monkeypatch.setattr(kernels, "selective_scan_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv("BIOSEQ_OPS", "triton")
+    y = selective_scan(**args, delta_softplus=True)
+    assert calls == [1] and max_rel(y, selective_scan_ref(**args, delta_softplus=True)) < 1e-5
+    assert selective_scan_backend(args["u"].double()) == "ref"
+    monkeypatch.setenv("BIOSEQ_OPS", "ref")
+    selective_scan(**args, delta_softplus=True)
+    assert calls == [1]
+
+
+AOT_CHECK = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from bioseq.ops.selective_scan import triton as SS
+
+def compile_(fn, ptrs, consts):  # every argument that is neither a pointer nor a constexpr is an i32
+    sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in fn.arg_names}
+    triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32))
+
+f32 = "*fp32"
+for x in ("*fp32", "*bf16"):
+    fwd = {"u_ptr": x, "d_ptr": f32, "A_ptr": f32, "B_ptr": x, "C_ptr": x, "h0_ptr": f32, "y_ptr": x,
+           "last_ptr": f32, "ckpt_ptr": f32}
+    compile_(SS._ss_fwd_kernel, fwd, {"HAS_H0": True, "BD": 64, "NP": 16, "CHUNK": 64})
+    bwd = {**fwd, "gy_ptr": x, "glast_ptr": f32, "du_ptr": x, "ddelta_ptr": f32, "dA_ptr": f32, "dB_ptr": f32,
+           "dC_ptr": f32, "dh0_ptr": f32, "scratch_ptr": f32}
+    compile_(SS._ss_bwd_kernel, bwd, {"BD": 64, "NP": 16, "CHUNK": 64})
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(tl is None, reason="needs triton")
+def test_kernels_compile_for_sm90():
+    """Compile (not run) the kernels for an H100/H200 with Triton's bundled ptxas: catches the type and
+    layout errors that the interpreter does not. Fresh process, interpreter off."""
+    compile_for_sm90(AOT_CHECK)
+
+
 # ---------------------------------------------------------------- dispatch
 
 def test_dispatch_cpu_runs_the_blocked_path(monkeypatch):
@@ -265,3 +412,10 @@ def test_dispatch_cpu_runs_the_blocked_path(monkeypatch):
     args = make_inputs()
     y = selective_scan(**args, delta_softplus=True)
     assert calls == [1] and max_rel(y, selective_scan_ref(**args, delta_softplus=True)) < 1e-5
+
+
+def test_dispatch_auto_on_gpu_picks_the_kernel(monkeypatch):
+    monkeypatch.delenv("BIOSEQ_OPS", raising=False)
+    monkeypatch.setattr(scan_pkg, "use_triton", lambda x: True)   # pretend: CUDA tensor, triton installed
+    assert selective_scan_backend(torch.empty(2, 8, 64, device="meta")) == "triton"
+    assert selective_scan_backend(torch.empty(2, 8, 64, device="meta", dtype=torch.float64)) == "ref"
