@@ -27,8 +27,9 @@ from bioseq.models.caduceus import FAMILY as CADUCEUS
 from bioseq.models.hyena import FAMILY as HYENA
 from bioseq.models.hyena import HyenaConfig, HyenaDNA
 from bioseq.models.mamba import FAMILY as MAMBA
+from bioseq.models.xlstm import FAMILY as XLSTM
 
-FAMILIES: tuple[Family, ...] = (HYENA, MAMBA, CADUCEUS)
+FAMILIES: tuple[Family, ...] = (HYENA, MAMBA, CADUCEUS, XLSTM)
 for _family in FAMILIES:
     base.register(_family)
 

@@ -72,6 +72,7 @@ from bioseq.errors import BioseqError
 from bioseq.models.base import Backbone, BackboneConfig, Family, Layout
 from bioseq.ops.causal_conv1d import causal_conv1d
 from bioseq.ops.mlstm import mlstm, mlstm_step, mlstm_zero_state
+from bioseq.ops.slstm import slstm_scan, slstm_step, slstm_zero_state
 
 ROPE_KINDS = ("none", "head", "inner")
 FFN_ACTS = {"gelu": F.gelu, "relu": F.relu, "swish": F.silu, "silu": F.silu}
@@ -233,6 +234,11 @@ PRESETS: dict[str, XLSTMConfig] = {
 }
 
 
+def _state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Cell states are float32 (float64 for a float64 model)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _no_decay(p: nn.Parameter) -> nn.Parameter:
     p._no_weight_decay = True
     return p
@@ -385,15 +391,17 @@ class MLSTMLayer(nn.Module):
     def zero_state(self, batch_size: int, device, dtype) -> dict:
         K = self.conv_weight.shape[-1]
         return {"conv": torch.zeros(batch_size, K - 1, self.inner, device=device, dtype=dtype),
-                "cell": mlstm_zero_state(batch_size, self.num_heads, self.head_dim, device)}
+                "cell": mlstm_zero_state(batch_size, self.num_heads, self.head_dim, device,
+                                       _state_dtype(dtype))}
 
 
 class SLSTMLayer(nn.Module):
     """sLSTM mixer: ``x [B, L, D] -> y [B, L, D]``: stabilised exponential gating, recurrence per head.
 
     Parameters: ``igate/fgate`` (from the convolved input), ``zgate/ogate`` (from the input), each a
-    head-wise [NH, DH, DH] projection; ``recurrent_kernel`` [NH, DH_in, 4, DH_out] (gate order i, f, z, o)
-    and ``bias`` [NH, 4, DH]; ``norm_weight`` [D] of the per-head group norm.
+    head-wise [NH, DH, DH] projection; ``recurrent_kernel`` [NH, DH_in, 4 * DH_out] (gate order i, f, z,
+    o: ``R[h, d, g * DH + j]`` maps unit d of head h to unit j of gate g) and ``bias`` [4, NH, DH], the
+    layouts of ``bioseq.ops.slstm``; ``norm_weight`` [D] of the per-head group norm.
     """
 
     def __init__(self, config: XLSTMConfig):
@@ -408,8 +416,8 @@ class SLSTMLayer(nn.Module):
         self.fgate = HeadwiseLinear(D, NH, bias=False)
         self.zgate = HeadwiseLinear(D, NH, bias=False)
         self.ogate = HeadwiseLinear(D, NH, bias=False)
-        self.recurrent_kernel = nn.Parameter(torch.zeros(NH, self.head_dim, 4, self.head_dim))
-        self.bias = _no_decay(nn.Parameter(torch.zeros(NH, 4, self.head_dim)))
+        self.recurrent_kernel = nn.Parameter(torch.zeros(NH, self.head_dim, 4 * self.head_dim))
+        self.bias = _no_decay(nn.Parameter(torch.zeros(4, NH, self.head_dim)))
         self.norm_weight = _no_decay(nn.Parameter(torch.ones(D)))
         self.dropout = nn.Dropout(c.dropout)
 
@@ -435,8 +443,6 @@ class SLSTMLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, positions=None, state: dict | None = None, flip_head_rows=None, **_):
         """x [B, L, D]; state None or {"conv", "cell"}. Returns (y [B, L, D], new state or None)."""
-        from bioseq.ops.slstm import slstm_scan
-
         wx, window = self._gates(x, state)
         h, cell = slstm_scan(wx, self.recurrent_kernel, self.bias, None if state is None else state["cell"])
         new = None if state is None else {"conv": window, "cell": cell}
@@ -444,19 +450,16 @@ class SLSTMLayer(nn.Module):
 
     def step(self, x: torch.Tensor, positions, state: dict):
         """One token: x [B, D]. Returns (y [B, D], new state)."""
-        from bioseq.ops.slstm import slstm_step
-
         wx, window = self._gates(x[:, None], state)
         h, cell = slstm_step(wx[:, 0], self.recurrent_kernel, self.bias, state["cell"])
         return self._output(h[:, None], None)[:, 0], {"conv": window, "cell": cell}
 
     def zero_state(self, batch_size: int, device, dtype) -> dict:
-        from bioseq.ops.slstm import slstm_zero_state
-
         K = 0 if self.conv_weight is None else self.conv_weight.shape[-1]
         return {"conv": torch.zeros(batch_size, max(K - 1, 0), self.num_heads * self.head_dim, device=device,
                                     dtype=dtype) if K else None,
-                "cell": slstm_zero_state(batch_size, self.num_heads, self.head_dim, device)}
+                "cell": slstm_zero_state(batch_size, self.num_heads, self.head_dim, device,
+                                       _state_dtype(dtype))}
 
 
 class GatedFFN(nn.Module):
@@ -615,9 +618,9 @@ class XLSTM(Backbone):
                 if c.slstm_bias_init == "powerlaw_blockdependent":
                     ratio = idx / (c.n_layer - 1) if c.n_layer > 1 else 0.0
                     t = torch.arange(m.head_dim) / max(m.head_dim - 1, 1)
-                    m.bias[:, 1, :] = -(-5.0 + 12.0 * t ** (0.3 + 1.3 * ratio))
+                    m.bias[1] = -(-5.0 + 12.0 * t ** (0.3 + 1.3 * ratio))     # forget gate
                 elif c.slstm_bias_init == "small_init":
-                    m.bias[:, 1, :] = torch.linspace(3.0, 6.0, m.head_dim)
+                    m.bias[1] = torch.linspace(3.0, 6.0, m.head_dim)
                 nn.init.ones_(m.norm_weight)
                 nn.init.ones_(block.ffn_norm.weight)
                 nn.init.normal_(block.ffn.proj_up.weight, std=small)
@@ -824,12 +827,11 @@ def convert_foreign_state_dict(state_dict: dict[str, torch.Tensor], config: XLST
         if set(parts) != {"_recurrent_kernel_", "_bias_"}:
             raise ckpt.CheckpointError(f"{source}: sLSTM block {block} lacks its recurrent kernel or bias")
         R, b = parts["_recurrent_kernel_"], parts["_bias_"].reshape(-1)
-        if tuple(R.shape) == (NH, 4 * DH, DH):          # vanilla: [NH, (gate, out), in]
-            R = R.reshape(NH, 4, DH, DH).permute(0, 3, 1, 2)
-            b = b.reshape(4, NH, DH).permute(1, 0, 2)
+        if tuple(R.shape) == (NH, 4 * DH, DH):          # vanilla: [NH, (gate, out), in], gate-major bias
+            R = R.reshape(NH, 4, DH, DH).permute(0, 3, 1, 2).reshape(NH, DH, 4 * DH)
+            b = b.reshape(4, NH, DH)
         elif tuple(R.shape) == (NH, DH, 4 * DH):        # CUDA: [NH, in, (gate, out)], head-major bias
-            R = R.reshape(NH, DH, 4, DH)
-            b = b.reshape(NH, 4, DH)
+            b = b.reshape(NH, 4, DH).transpose(0, 1)
         else:
             raise ckpt.CheckpointError(f"{source}: sLSTM block {block}: recurrent kernel of shape "
                                        f"{tuple(R.shape)} fits neither [{NH}, {4 * DH}, {DH}] nor "
