@@ -37,11 +37,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def _usage() -> str:
     width = max(len(n) for n in COMMANDS)
     lines = [
-        "usage: bioseq [--version] [--help] <command> [args]\n",
+        "usage: bioseq [--version] [--help] [-v] <command> [args]\n",
         "bioseq: pretrain, finetune and embed long-range biological sequence models.\n",
         "commands:",
     ]
     lines += [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    lines.append("\n-v, --verbose  also show the messages of the libraries underneath (Lightning's info"
+                 "\n               lines, tips and warnings)")
     lines.append("\nRun `bioseq <command> --help` for a command's options.")
     return "\n".join(lines)
 
@@ -54,6 +56,12 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    while argv and argv[0] in ("-v", "--verbose"):
+        os.environ["BIOSEQ_VERBOSE"] = "1"
+        argv = argv[1:]
+    if not argv:
         print(_usage())
         return 0
     if argv[0] in ("-V", "--version"):
@@ -75,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"bioseq {name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `bioseq ... | head`: the reader went away; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         warnings.formatwarning = formatwarning
 

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from bioseq.config_files import config_root
 from bioseq.errors import BioseqError
 from bioseq.finetune.published import CITATIONS, published_for
 
-CONFIG_ROOT = Path(__file__).resolve().parents[1] / "configs" / "finetune"
+CONFIG_ROOT = config_root() / "finetune"  # the configs shipped in the package (bioseq.configs)
 SUITES = {"genomic-benchmarks": "genomic_benchmarks", "nucleotide-transformer": "nucleotide_transformer"}
 
 
@@ -78,11 +79,21 @@ def resolve_suite(suite: str | list[str], config_root: Path = CONFIG_ROOT) -> li
 
 
 def _run_one(
-    item: SuiteItem, seed: int, backbone: str, run_dir: Path, data_args: list[str], overrides: list[str]
+    item: SuiteItem,
+    seed: int,
+    backbone: str,
+    run_dir: Path,
+    data_args: list[str],
+    overrides: list[str],
+    run_cli=None,
 ) -> dict:
-    """One ``fit`` + best-checkpoint ``test`` through the finetune CLI; returns the test metrics."""
-    from bioseq.finetune.classifier import run_finetune_cli
+    """One ``fit`` + best-checkpoint ``test`` through the finetune CLI; returns the test metrics.
 
+    ``run_cli(argv, prog=...)`` runs ``bioseq finetune`` and returns the LightningCLI object (the command
+    layer passes ``bioseq.commands.lightning_cli.run_finetune_cli``).
+    """
+    if run_cli is None:
+        raise BioseqError("run_suite needs run_cli (bioseq.commands.lightning_cli.run_finetune_cli)")
     args = [
         "fit",
         "--config",
@@ -97,7 +108,7 @@ def _run_one(
         *[a if a.startswith("--") else f"--{a}" for a in overrides],
     ]
     t0 = time.time()
-    cli = run_finetune_cli(args, prog="bioseq benchmark")
+    cli = run_cli(args, prog="bioseq benchmark")
     metrics = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("test/")}
     if not metrics:
         raise BioseqError(f"{item.name} seed {seed}: no test metrics (does the dataset have a test split?)")
@@ -168,8 +179,11 @@ def run_suite(
     kmer: int | None = 6,
     label: str | None = None,
     log=print,
+    run_cli=None,
 ) -> list[dict]:
-    """Run every (item, seed) not already finished, then write the tables and the chart. Returns the rows."""
+    """Run every (item, seed) not already finished, then write the tables and the chart. Returns the rows.
+
+    ``run_cli``: the finetune CLI runner (see :func:`_run_one`)."""
     out = Path(out_dir)
     items = resolve_suite(suite)
     rows = []
@@ -183,7 +197,8 @@ def run_suite(
                 rows.append(json.loads(result_file.read_text()))
                 continue
             log(f"[run ] {item.name} seed {seed}")
-            row = _run_one(item, seed, backbone, run_dir, d_args, list(overrides))
+            runner = {"run_cli": run_cli} if run_cli is not None else {}
+            row = _run_one(item, seed, backbone, run_dir, d_args, list(overrides), **runner)
             _atomic_json(result_file, row)
             rows.append(row)
     baselines = {}

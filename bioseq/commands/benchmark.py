@@ -65,6 +65,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--label", help="name of our column in the table (default: the backbone)")
     a = p.parse_args(argv)
 
+    from bioseq.commands.lightning_cli import run_finetune_cli
     from bioseq.finetune.suite import run_suite
 
     rows = run_suite(
@@ -77,6 +78,7 @@ def main(argv: list[str]) -> int:
         overrides=a.override,
         kmer=a.kmer or None,
         label=a.label,
+        run_cli=run_finetune_cli,
     )
     print(f"{len(rows)} runs; wrote {a.out}/results.csv, results.md, results.png")
     print(open(f"{a.out}/results.md").read())

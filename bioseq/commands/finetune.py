@@ -1,14 +1,16 @@
-"""``bioseq finetune``: LightningCLI over :class:`finetune.classifier.SequenceClassifier` and
-:class:`datamodules.benchmarks.SequenceClassificationDataModule`.
+"""``bioseq finetune``: LightningCLI over :class:`bioseq.finetune.classifier.SequenceClassifier` and
+:class:`bioseq.datamodules.benchmarks.SequenceClassificationDataModule`.
 
-Subcommands ``fit / validate / test / predict`` with ``--config``, ``--print_config`` and ``--ckpt_path``.
-After ``fit`` the best checkpoint (the ``ModelCheckpoint`` of the config, monitored on validation) is
-evaluated once on the test split when there is one (``--test_after_fit=false`` turns this off); test data
-is never used for selection. Examples::
+Subcommands ``fit / validate / test / predict`` with ``--config NAME_OR_PATH`` (a shipped config by name,
+e.g. ``human_nontata_promoters``, or a YAML file), ``--print_config`` and ``--ckpt_path PATH|last``. The
+class count (``model.num_classes``) and the problem type are taken from the data. After ``fit`` the best
+checkpoint (the ``ModelCheckpoint`` of the config, monitored on validation) is evaluated once on the test
+split when there is one (``--test_after_fit=false`` turns this off), and the weights tested are named; test
+data is never used for selection. The wrapper is :mod:`bioseq.commands.lightning_cli`. Examples::
 
-    bioseq finetune fit --config configs/finetune/genomic_benchmarks/human_nontata_promoters.yaml \\
+    bioseq finetune fit --config human_nontata_promoters \\
         --data.data_dir=~/.genomic_benchmarks --model.backbone=checkpoints/hyenadna-tiny-1k
-    bioseq finetune fit --config configs/finetune/nucleotide_transformer/H3.yaml \\
+    bioseq finetune fit --config nucleotide_transformer/H3 \\
         --data.train_file=H3_train.fna --data.test_file=H3_test.fna --trainer.fast_dev_run=true
 """
 
@@ -18,7 +20,6 @@ HELP = "Finetune a backbone on a labelled sequence task (LightningCLI: fit/valid
 
 
 def main(argv: list[str]) -> int:
-    from bioseq.finetune.classifier import run_finetune_cli
+    from bioseq.commands.lightning_cli import main as cli_main
 
-    run_finetune_cli(argv)
-    return 0
+    return cli_main("finetune", list(argv))

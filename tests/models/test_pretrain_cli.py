@@ -45,11 +45,17 @@ def run(argv: list[str]):
 
 
 def test_help_lists_subcommands(capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["pretrain", "--help"])
-    assert exc.value.code in (0, None)
+    assert cli.main(["pretrain", "--help"]) == 0
     out = capsys.readouterr().out
-    assert "usage: bioseq pretrain" in out and "{fit,validate,test}" in out and "predict" not in out
+    assert "usage: bioseq [-v] pretrain" in out and "{fit,validate,test}" in out and "predict" not in out
+    assert "hyenadna-tiny-hg38" in out  # the shipped configs are listed
+
+
+def test_fit_help_is_lightning_full_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(["fit", "--help"])
+    assert exc.value.code in (0, None)
+    assert "--trainer.max_steps" in capsys.readouterr().out
 
 
 def test_print_config(genome, tmp_path, capsys):
