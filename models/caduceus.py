@@ -148,8 +148,8 @@ PRESETS: dict[str, CaduceusConfig] = {
     "caduceus-ps-1k": _caduceus(256, 4, True),
     "caduceus-ph-1k-d118": _caduceus(118, 4, False),
     "caduceus-ps-1k-d118": _caduceus(118, 4, True),
-    "caduceus-ph-tiny": _caduceus(32, 2, False),
-    "caduceus-ps-tiny": _caduceus(32, 2, True),
+    "caduceus-ph-tiny": _caduceus(64, 4, False),
+    "caduceus-ps-tiny": _caduceus(64, 4, True),
 }
 
 HUB_REPOS: dict[str, str] = {

@@ -143,9 +143,9 @@ def _mamba(d_model: int, n_layer: int, ssm_layer: str = "mamba1", **kw) -> Mamba
 
 
 PRESETS: dict[str, MambaConfig] = {
-    # CPU-sized models (tests, examples, fast runs)
-    "mamba-tiny": _mamba(64, 2),
-    "mamba2-tiny": _mamba(64, 2, "mamba2", headdim=16, ngroups=1, chunk_size=64),
+    # CPU-sized models (about HyenaDNA-tiny's 0.44 M parameters: d_model 128, 4 layers)
+    "mamba-tiny": _mamba(128, 4),
+    "mamba2-tiny": _mamba(128, 4, "mamba2", headdim=32, ngroups=1, chunk_size=64),
     # small DNA models (the benchmark's shape: d_model 256, 4 layers, d_state 16)
     "mamba-small": _mamba(256, 4),
     "mamba2-small": _mamba(256, 4, "mamba2", headdim=64),
