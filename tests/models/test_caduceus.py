@@ -196,7 +196,7 @@ def test_registered_with_released_and_tiny_presets():
     assert sizes["caduceus-ps-131k"] == (256, 16, True) and sizes["caduceus-ph-131k"] == (256, 16, False)
     assert sizes["caduceus-ps-1k"] == (256, 4, True) and sizes["caduceus-ps-1k-d118"] == (118, 4, True)
     model = load_backbone("caduceus-ps-tiny")
-    assert model.vocab_size == 16 and model.hidden_size == 64 and not model.supports_state
+    assert model.vocab_size == 16 and model.hidden_size == 128 and not model.supports_state
 
 
 def test_complement_map_matches_the_tokenizer():
