@@ -128,6 +128,19 @@ def test_padding_invariance(case):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_max_length_is_enforced_or_absent(case):
+    """A declared ``max_length`` refuses longer inputs with a one-line error; without one any length runs."""
+    model = build(case)
+    length = (model.max_length or 200) + 1
+    if model.max_length is None:
+        with torch.no_grad():
+            assert hidden_of(model(dna_ids(1, length))).shape[1] == length
+    else:
+        with pytest.raises(BioseqError, match=str(model.max_length)):
+            model(dna_ids(1, length))
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_inputs_embeds_equals_embed_tokens(case):
     model = build(case)
     ids = dna_ids(2, 17)
