@@ -40,11 +40,11 @@ SHARED = Path(os.environ.get("BIOSEQ_SHARED", REPO.parent / "shared"))
 SEQ_DIR = SHARED / "data" / "genomic_benchmarks" / "sequences"
 
 
-def split_files(name: str, workdir: Path, seed: int = 0) -> tuple[Path, Path, int]:
-    """80/20 stratified split of ``<name>/test.tsv.gz`` written as train.tsv / test.tsv."""
+def split_files(name: str, workdir: Path, seed: int = 0, seq_dir: Path = SEQ_DIR) -> tuple[Path, Path, int]:
+    """80/20 stratified split of ``<seq_dir>/<name>/test.tsv.gz`` written as train.tsv / test.tsv."""
     from bioseq.datamodules.benchmark_files import read_table, stratified_split
 
-    data = read_table(SEQ_DIR / name / "test.tsv.gz")
+    data = read_table(Path(seq_dir) / name / "test.tsv.gz")
     keep, held = stratified_split(data.labels, 0.2, seed)
     out = workdir / name
     out.mkdir(parents=True, exist_ok=True)
@@ -171,11 +171,11 @@ def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
     )
     pretrain = None
     backbone = None
+    dm.setup("fit")  # the class count comes from the data's labels
     if a.pretrain_minutes > 0:
         from bioseq.models import build_backbone
 
         backbone = build_backbone("hyena", "hyenadna-tiny-1k", **overrides)
-        dm.setup("fit")
         pretrain = pretrain_clm(backbone, dm, a)
         print("pretraining:", pretrain, flush=True)
         L.seed_everything(0, verbose=False)
@@ -183,6 +183,7 @@ def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
         backbone=backbone,
         preset=None if backbone is not None else "hyenadna-tiny-1k",
         backbone_overrides=None if backbone is not None else overrides,
+        num_classes=dm.num_classes,
         pooling=a.pooling,
         lr=a.lr,
         weight_decay=a.weight_decay,
@@ -237,6 +238,7 @@ def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
         "epochs_done": trainer.current_epoch,
         "fit_minutes": round(fit_s / 60, 2),
         "fit_cpu_minutes": round(fit_cpu / 60, 2),
+        "num_classes": model.num_classes,
         "params": sum(p.numel() for p in model.model.parameters()),
         "pretrain": pretrain,
     }
@@ -269,14 +271,18 @@ def main(argv=None) -> int:
                    help="pretraining token budget (cosine schedule over it; 0 = budget by time only)")
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
     p.add_argument("--skip-hyena", action="store_true")
+    p.add_argument("--kmer", type=int, nargs="*", default=[4, 6],
+                   help="k of the k-mer baselines (none: skip them)")
+    p.add_argument("--data-dir", default=str(SEQ_DIR),
+                   help="folder holding <dataset>/test.tsv.gz (sequence, label; any number of classes)")
     p.add_argument("--out", default="/tmp/bioseq_finetune_real")
     a = p.parse_args(argv)
     work = Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
     results = {}
     for name in a.datasets:
-        train, test, max_len = split_files(name, work)
-        row = {"kmer": kmer_rows(train, test)}
+        train, test, max_len = split_files(name, work, seq_dir=Path(a.data_dir))
+        row = {"kmer": kmer_rows(train, test, ks=a.kmer)}
         print(name, "k-mer:", {k: round(v["accuracy"], 4) for k, v in row["kmer"].items()}, flush=True)
         if not a.skip_hyena:
             row["hyena"] = hyena_run(train, test, max_len, a)
@@ -289,12 +295,14 @@ def main(argv=None) -> int:
         "epoch, acc) | pretrain tokens / min | fit min (wall / CPU) | params |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
+    nan = float("nan")
     for name, r in results.items():
         h = r.get("hyena", {})
         cmp = h.get("comparison") or {}
         pre = h.get("pretrain") or {}
         print(
-            f"| {name} | {r['kmer'][4]['accuracy']:.4f} | {r['kmer'][6]['accuracy']:.4f} | "
+            f"| {name} | {r['kmer'].get(4, {}).get('accuracy', nan):.4f} | "
+            f"{r['kmer'].get(6, {}).get('accuracy', nan):.4f} | "
             f"{h.get('test_accuracy', float('nan')):.4f} | {h.get('test_mcc', float('nan')):.4f} | "
             f"{h.get('selected_on', '-')}, epoch {h.get('tested_epoch', '-')} | "
             f"{cmp.get('epoch', '-')}, {cmp.get('test_accuracy', float('nan')):.4f} | "

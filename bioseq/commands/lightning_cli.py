@@ -359,7 +359,8 @@ def _cli_class(kind: str, prog: str, config_paths: list[Path]):
                 scratch = is_random_preset(spec) or (spec is None and m.get("preset"))
                 if scratch and not m.get("backbone_config"):
                     name = spec or m.get("preset")
-                    say(kind, f"warning: --model.backbone {name} is a preset: the backbone starts from "
+                    flag = "--model.backbone" if spec else "--model.preset"
+                    say(kind, f"warning: {flag} {name} is a preset: the backbone starts from "
                               "random weights (give a checkpoint directory to finetune pretrained weights)")
             version = os.environ.get("BIOSEQ_RUN_VERSION")
             if version is None:  # DDP children re-run this command: they reuse rank zero's directory
