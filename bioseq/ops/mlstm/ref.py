@@ -20,7 +20,9 @@ which (like the ``xlstm`` package's) takes the row maximum of its decay matrix a
 - ``mlstm_chunkwise_autograd``: chunks of ``chunk_size`` tokens, quadratic inside a chunk, the recurrence
   between chunks; plain autograd (its graph keeps several [S, chunk_size] tensors per head).
 - ``mlstm_chunkwise``: the same forward as a ``torch.autograd.Function`` that keeps only its inputs, the
-  output and the per-chunk states, and recomputes the intra-chunk matrices in a written-out backward.
+  output, three numbers per token and the per-chunk states, and recomputes the intra-chunk matrices in a
+  written-out backward. It works on chunk-major copies ([NC, B, NH, L, DH]) a group of chunks at a time
+  (about ``GROUP_ELEMENTS`` elements of [chunk, chunk] matrices), so that the intermediates stay in cache.
 
 The backward of ``mlstm_chunkwise`` treats every stabiliser as a constant (exact, since h does not depend
 on them) and then adds the gradient that does flow through m_t (the eps term, and the final m when the
@@ -233,6 +235,156 @@ def _segment_reverse_sum(g: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     return tail[..., :S] - tail.gather(-1, end)
 
 
+def _stabiliser_chain_grad(dmu, i_raw, f_raw, mu, m0):
+    """Gradient of sum_t dmu_t * m_t through m_t = max(lf_t + m_{t-1}, i_t) (all [B, NH, S]; m0 [B, NH, 1]).
+
+    Returns (di, dlf, dm0)."""
+    lf = F.logsigmoid(f_raw)
+    m_prev = torch.cat([m0, mu[..., :-1]], dim=-1)
+    took_i = i_raw >= lf + m_prev
+    chain = _segment_reverse_sum(dmu, took_i)
+    return (torch.where(took_i, chain, 0.0), torch.where(took_i, 0.0, chain),
+            torch.where(took_i[..., 0], 0.0, chain[..., 0]))
+
+
+# Chunks are processed in groups whose [chunk, chunk] matrices hold about this many elements, so that a
+# group's intermediates stay in the CPU caches (the work is memory-bound at long S otherwise).
+GROUP_ELEMENTS = 1 << 18
+
+
+def _group_size(B: int, NH: int, L: int, DH: int) -> int:
+    return max(1, GROUP_ELEMENTS // (B * NH * L * max(L, DH)))
+
+
+def _decay_matrix(u, M):
+    """D[r, s] = exp(u_s - M_r) for s <= r, else 0: [..., L, L]."""
+    L = u.shape[-1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=u.device).tril()
+    diff = u[..., None, :] - M[..., :, None]
+    return diff.masked_fill_(~causal, float("-inf")).exp_()
+
+
+class _Chunked:
+    """The inputs cut into chunks, chunk-major so that a group of chunks is one contiguous block:
+    q, ks, v [NC, B, NH, L, DH]; per token i, lf_cum, g [NC, B, NH, L]; per chunk g_max, lf_tot [NC, B, NH]
+    (see ``_chunk_gates``)."""
+
+    def __init__(self, q, ks, v, i_raw, f_raw, L: int, chunk_major: bool = False):
+        if chunk_major:                                          # q, ks, v already [NC, B, NH, L, DH]
+            self.q, self.ks, self.v = q, ks, v
+        else:
+            self.q, self.ks, self.v = (to_chunk_major(_chunks(t, L, 0.0)) for t in (q, ks, v))
+        i, lf_cum, g, g_max = (to_chunk_major(t) for t in _chunk_gates(i_raw, f_raw, L))
+        self.i, self.lf_cum, self.g, self.g_max = i, lf_cum, g, g_max
+        self.lf_tot = lf_cum[..., -1]
+        self.NC, B, NH, L, DH = self.q.shape
+        self.G = _group_size(B, NH, L, DH)
+
+    def groups(self):
+        return [slice(c0, min(c0 + self.G, self.NC)) for c0 in range(0, self.NC, self.G)]
+
+
+def to_chunk_major(t: torch.Tensor) -> torch.Tensor:
+    """[B, NH, NC, ...] -> contiguous [NC, B, NH, ...]."""
+    return t.movedim(2, 0).contiguous()
+
+
+def _chunkwise_fwd(x: _Chunked, C0, n0, m0, eps: float):
+    """The chunkwise forward without autograd, one group of chunks at a time; state C0, n0, m0 [B, NH, 1].
+
+    Returns (chunk-major) h [NC, B, NH, L, DH], the states at every chunk boundary Cs [NC+1, B, NH, DH, DH],
+    ns [NC+1, B, NH, DH], ms [NC+1, B, NH], and per token ([NC, B, NH, L]) the stabiliser offset M
+    (m_t = lf_cum_t + M_t), den and the normaliser."""
+    NC, B, NH, L, DH = x.q.shape
+    ms = x.q.new_empty(NC + 1, B, NH)
+    ms[0] = m0[..., 0]
+    for c in range(NC):                                                       # m at chunk boundaries
+        torch.maximum(x.lf_tot[c] + ms[c], x.g_max[c], out=ms[c + 1])
+    decay = torch.exp(x.lf_tot + ms[:-1] - ms[1:])                            # [NC, B, NH]
+    Cs, ns = x.q.new_empty(NC + 1, B, NH, DH, DH), x.q.new_empty(NC + 1, B, NH, DH)
+    Cs[0], ns[0] = C0, n0
+    h = torch.empty_like(x.q)
+    M, den, norm = (torch.empty_like(x.i) for _ in range(3))
+    for sl in x.groups():
+        q, ks, v, i, lf_cum = x.q[sl], x.ks[sl], x.v[sl], x.i[sl], x.lf_cum[sl]
+        m_end = ms[sl.start + 1:sl.stop + 1]
+        b = torch.exp(x.g[sl] - m_end[..., None])[..., None]                  # token weights in the end state
+        kv = (ks * b).transpose(-1, -2) @ v                                   # [G, B, NH, DH, DH]
+        ksum = (ks * b).sum(-2)
+        for j, c in enumerate(range(sl.start, sl.stop)):
+            torch.addcmul(kv[j], decay[c, ..., None, None], Cs[c], out=Cs[c + 1])
+            torch.addcmul(ksum[j], decay[c, ..., None], ns[c], out=ns[c + 1])
+        C, n, m = Cs[sl], ns[sl], ms[sl]
+        u = i - lf_cum                                                        # log D[r, s] = lf_cum_r + u_s
+        M_g = torch.maximum(m[..., None], u.cummax(-1).values, out=M[sl])     # m_r = lf_cum_r + M_r
+        w = torch.exp(m[..., None] - M_g)[..., None]
+        a = (q @ ks.transpose(-1, -2)).mul_(_decay_matrix(u, M_g))
+        num = (a @ v).add_(w * (q @ C))
+        den_g = torch.add(a.sum(-1), w[..., 0] * (q * n[..., None, :]).sum(-1), out=den[sl])
+        norm_g = torch.maximum(den_g.abs(), torch.exp(-(lf_cum + M_g)), out=norm[sl]).add_(eps)
+        torch.div(num, norm_g[..., None], out=h[sl])
+    return h, Cs, ns, ms, M, den, norm
+
+
+def _chunkwise_bwd(x: _Chunked, dh, dC_T, dn_T, h, Cs, ns, ms, M, den, norm):
+    """Gradients with every stabiliser held constant, one group of chunks at a time, last group first.
+    Chunk-major like ``_chunkwise_fwd``.
+
+    Returns dq, dks, dv [NC, B, NH, L, DH], di, dlf, dnorm [NC, B, NH, L], dC0, dn0, dm0 [B, NH]."""
+    decay = torch.exp(x.lf_tot + ms[:-1] - ms[1:])
+    dq, dks, dv = (torch.empty_like(x.q) for _ in range(3))
+    di, dlf_cum, dnorm = (torch.empty_like(x.i) for _ in range(3))
+    gC, gn = dC_T, dn_T                                       # gradient w.r.t. a chunk's end state
+    for sl in reversed(x.groups()):
+        q, ks, v, i, lf_cum = x.q[sl], x.ks[sl], x.v[sl], x.i[sl], x.lf_cum[sl]
+        C, n, m, M_g = Cs[sl], ns[sl], ms[sl], M[sl]
+        d = _decay_matrix(i - lf_cum, M_g)
+        w = torch.exp(m[..., None] - M_g)[..., None]
+        a = (q @ ks.transpose(-1, -2)).mul_(d)
+        # h = num / norm, norm = max(|den|, exp(-mu)) + eps, num = A v + w C^T q, den = rowsum(A) + w n . q,
+        # A = (q . ks) * D
+        dh_g, norm_g = dh[sl], norm[sl]
+        dnum = dh_g / norm_g[..., None]
+        dnorm_g = torch.div((dh_g * h[sl]).sum(-1).neg_(), norm_g, out=dnorm[sl])
+        den_g = den[sl]
+        dden = torch.where(den_g.abs() >= torch.exp(-(lf_cum + M_g)), dnorm_g * torch.sign(den_g), 0.0)
+        dqk = (dnum @ v.transpose(-1, -2)).add_(dden[..., None]).mul_(d)
+        dv_g = torch.matmul(a.transpose(-1, -2), dnum, out=dv[sl])
+        dq_g = torch.matmul(dqk, ks, out=dq[sl])
+        dq_g.add_(w * (dnum @ C.transpose(-1, -2) + dden[..., None] * n[..., None, :]))
+        dks_g = torch.matmul(dqk.transpose(-1, -2), q, out=dks[sl])
+        dC_out = (q * w).transpose(-1, -2) @ dnum                              # [G, B, NH, DH, DH]
+        dn_out = (q * (w[..., 0] * dden)[..., None]).sum(-2)
+        # chunk-end states C_{c+1} = decay_c C_c + sum_s b_s ks_s v_s^T (n likewise with ks_s)
+        dC_end, dn_end = torch.empty_like(dC_out), torch.empty_like(dn_out)
+        dC_end[-1], dn_end[-1] = gC, gn
+        for j in range(sl.stop - sl.start - 1, 0, -1):
+            c = sl.start + j
+            torch.addcmul(dC_out[j], decay[c, ..., None, None], dC_end[j], out=dC_end[j - 1])
+            torch.addcmul(dn_out[j], decay[c, ..., None], dn_end[j], out=dn_end[j - 1])
+        gC = torch.addcmul(dC_out[0], decay[sl.start, ..., None, None], dC_end[0])
+        gn = torch.addcmul(dn_out[0], decay[sl.start, ..., None], dn_end[0])
+        m_end = ms[sl.start + 1:sl.stop + 1]
+        b = torch.exp(x.g[sl] - m_end[..., None])[..., None]
+        dv_g.addcmul_(b, ks @ dC_end)
+        dks_g.addcmul_(b, (v @ dC_end.transpose(-1, -2)).add_(dn_end[..., None, :]))
+        # Gates: q_r enters only as q_r exp(lf_cum_r), ks_s only as ks_s exp(i_s - lf_cum_s), and a chunk's
+        # end state is proportional to exp(lf_cum at the chunk end).
+        di_g = torch.sum(ks * dks_g, -1, out=di[sl])
+        dlf_g = torch.sub((q * dq_g).sum(-1), di_g, out=dlf_cum[sl])
+        C_end, n_end = Cs[sl.start + 1:sl.stop + 1], ns[sl.start + 1:sl.stop + 1]
+        dlf_g[..., -1] += (dC_end * C_end).sum((-1, -2)) + (dn_end * n_end).sum(-1)
+    # m0 enters only as C0 exp(m0), n0 exp(m0)
+    dm0 = (gC * Cs[0]).sum((-1, -2)) + (gn * ns[0]).sum(-1)
+    dlf = dlf_cum.flip(-1).cumsum(-1).flip(-1)
+    return dq, dks, dv, di, dlf, dnorm, gC, gn, dm0
+
+
+def _unchunk(t: torch.Tensor, S: int) -> torch.Tensor:
+    """Chunk-major [NC, B, NH, L, ...] -> [B, NH, S, ...]."""
+    return t.movedim(0, 2).flatten(2, 3)[:, :, :S]
+
+
 class _MLSTMChunkwise(torch.autograd.Function):
     """Chunkwise mLSTM. Inputs: q, ks (= k / sqrt(DH)), v [B, NH, S, DH]; i, f [B, NH, S]; the initial
     state C0, n0, m0 [B, NH, 1]; all in one float dtype. Outputs h [B, NH, S, DH] and the final C, n, m."""
@@ -240,91 +392,31 @@ class _MLSTMChunkwise(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, ks, v, i_raw, f_raw, C0, n0, m0, L: int, eps: float):
         S = q.shape[2]
-        i, lf_cum, g, g_max = _chunk_gates(i_raw, f_raw, L)
-        ksc, vc = _chunks(ks, L, 0.0), _chunks(v, L, 0.0)
-        Cs, ns, ms = _chunk_states(ksc, vc, lf_cum, g, g_max, (C0, n0, m0))
-        h, _ = _chunk_outputs(_chunks(q, L, 0.0), ksc, vc, i, lf_cum, Cs[:, :, :-1], ns[:, :, :-1],
-                              ms[:, :, :-1], eps)
-        ctx.save_for_backward(q, ks, v, i_raw, f_raw, m0, Cs, ns, ms)
-        ctx.L, ctx.eps = L, eps
-        return (h.flatten(2, 3)[:, :, :S], Cs[:, :, -1].clone(), ns[:, :, -1].clone(),
-                ms[:, :, -1, None].clone())
+        x = _Chunked(q, ks, v, i_raw, f_raw, L)
+        h, Cs, ns, ms, M, den, norm = _chunkwise_fwd(x, C0, n0, m0, eps)
+        ctx.save_for_backward(x.q, x.ks, x.v, i_raw, f_raw, m0, Cs, ns, ms, h, M, den, norm)
+        ctx.L, ctx.eps, ctx.S = L, eps, S
+        return _unchunk(h, S).contiguous(), Cs[-1].clone(), ns[-1].clone(), ms[-1, ..., None].clone()
 
     @staticmethod
     def backward(ctx, dh, dC_T, dn_T, dm_T):
-        q, ks, v, i_raw, f_raw, m0, Cs, ns, ms = ctx.saved_tensors
-        L, eps = ctx.L, ctx.eps
-        S = q.shape[2]
-        i, lf_cum, g, g_max = _chunk_gates(i_raw, f_raw, L)
-        qc, ksc, vc = _chunks(q, L, 0.0), _chunks(ks, L, 0.0), _chunks(v, L, 0.0)
-        C, n, m = Cs[:, :, :-1], ns[:, :, :-1], ms[:, :, :-1]                 # chunk start states
-        h, (mu, a, d, w, den, norm) = _chunk_outputs(qc, ksc, vc, i, lf_cum, C, n, m, eps)
-
-        # Every stabiliser held constant. h = num / norm, norm = max(|den|, exp(-mu)) + eps.
-        dh = _chunks(dh, L, 0.0)
-        dnum = dh / norm[..., None]
-        dnorm = -(dh * h).sum(-1) / norm
-        dden = torch.where(den.abs() >= torch.exp(-mu), dnorm * torch.sign(den), 0.0)
-        # intra-chunk: num += A v, den += rowsum(A), A = (q . ks) * D, log D = lf_cum_r - lf_cum_s + i_s
-        dA = dnum @ vc.transpose(-1, -2) + dden[..., None]
-        dv = a.transpose(-1, -2) @ dnum
-        dqk = dA * d
-        dq = dqk @ ksc
-        dks = dqk.transpose(-1, -2) @ qc
-        dlog_d = dA * a
-        di = dlog_d.sum(-2)
-        dlf_cum = dlog_d.sum(-1) - di
-        # inter-chunk: num += w C^T q, den += w n . q, log w = lf_cum_r + m_chunk
-        qC = qc @ C
-        dw = (dnum * qC).sum(-1) + dden * (qc * n[..., None, :]).sum(-1)
-        dq = dq + w[..., None] * (dnum @ C.transpose(-1, -2) + dden[..., None] * n[..., None, :])
-        dlog_w = dw * w
-        dlf_cum = dlf_cum + dlog_w
-        dC_out = (qc * w[..., None]).transpose(-1, -2) @ dnum                  # [B, NH, NC, DH, DH]
-        dn_out = (qc * (w * dden)[..., None]).sum(-2)
-
-        # chunk-end states: C_end = decay C + sum_s b_s ks_s v_s^T (n_end likewise with ks_s)
-        m_end = ms[:, :, 1:]
-        decay = torch.exp(lf_cum[..., -1] + m - m_end)                        # [B, NH, NC]
-        b = torch.exp(g - m_end[..., None])                                    # [B, NH, NC, L]
-        dC_end, dn_end = torch.empty_like(C), torch.empty_like(n)
-        gC, gn = dC_T, dn_T
-        for c in range(C.shape[2] - 1, -1, -1):
-            dC_end[:, :, c], dn_end[:, :, c] = gC, gn
-            gC = dC_out[:, :, c] + decay[:, :, c, None, None] * gC
-            gn = dn_out[:, :, c] + decay[:, :, c, None] * gn
-        dC0, dn0 = gC, gn
-        ks_dC = ksc @ dC_end                                                    # [B, NH, NC, L, DH]
-        dv = dv + b[..., None] * ks_dC
-        dks = dks + b[..., None] * (vc @ dC_end.transpose(-1, -2) + dn_end[..., None, :])
-        dlog_b = b * ((ks_dC * vc).sum(-1) + (ksc * dn_end[..., None, :]).sum(-1))
-        dlog_decay = decay * ((dC_end * C).sum((-1, -2)) + (dn_end * n).sum(-1))
-        di = di + dlog_b                                                        # log b = i_s + tot - lf_cum_s
-        dlf_cum = dlf_cum - dlog_b
-        dlf_cum[..., -1] += dlog_b.sum(-1) + dlog_decay
-        dm0 = dlog_w[:, :, 0].sum(-1) + dlog_decay[:, :, 0]                    # m0 enters chunk 0 only
-        dlf = dlf_cum.flip(-1).cumsum(-1).flip(-1)
-
-        def unchunk(x):
-            return x.flatten(2, 3)[:, :, :S]
-
-        dq, dks, dv, di, dlf, mu = map(unchunk, (dq, dks, dv, di, dlf, mu))
-
+        q, ks, v, i_raw, f_raw, m0, Cs, ns, ms, h, M, den, norm = ctx.saved_tensors
+        S = ctx.S
+        x = _Chunked(q, ks, v, i_raw, f_raw, ctx.L, chunk_major=True)
+        dh = to_chunk_major(_chunks(dh, ctx.L, 0.0))
+        dq, dks, dv, di, dlf, dnorm, dC0, dn0, dm0 = _chunkwise_bwd(
+            x, dh, dC_T, dn_T, h, Cs, ns, ms, M, den, norm)
+        mu = x.lf_cum + M
+        dq, dks, dv, di, dlf, dnorm, mu = (_unchunk(t, S) for t in (dq, dks, dv, di, dlf, dnorm, mu))
         # The gradient through the stabilisers: dh/dmu_t = -h_t eps / norm_t, plus the returned m (whose
-        # constant-stabiliser gradient above missed -<dC_T, C_T> - <dn_T, n_T>), back through
+        # constant-stabiliser gradient missed -<dC_T, C_T> - <dn_T, n_T>), back through
         # m_t = max(lf_t + m_{t-1}, i_t).
-        dmu = unchunk(eps * dnorm)
-        dm_final = dm_T[..., 0] - (dC_T * Cs[:, :, -1]).sum((-1, -2)) - (dn_T * ns[:, :, -1]).sum(-1)
-        dmu = torch.cat([dmu[..., :-1], dmu[..., -1:] + dm_final[..., None]], dim=-1)
-        lf = F.logsigmoid(f_raw)
-        m_prev = torch.cat([m0, mu[..., :-1]], dim=-1)
-        took_i = i_raw >= lf + m_prev
-        chain = _segment_reverse_sum(dmu, took_i)
-        di = di + torch.where(took_i, chain, 0.0)
-        dlf = dlf + torch.where(took_i, 0.0, chain)
-        dm0 = dm0 + torch.where(took_i[..., 0], 0.0, chain[..., 0])
-        df = dlf * torch.sigmoid(-f_raw)
-        return dq, dks, dv, di, df, dC0, dn0, dm0[..., None], None, None
+        dmu = ctx.eps * dnorm
+        dm_final = dm_T[..., 0] - (dC_T * Cs[-1]).sum((-1, -2)) - (dn_T * ns[-1]).sum(-1)
+        dmu[..., -1] += dm_final
+        di_m, dlf_m, dm0_m = _stabiliser_chain_grad(dmu, i_raw, f_raw, mu, m0)
+        df = (dlf + dlf_m) * torch.sigmoid(-f_raw)
+        return dq, dks, dv, di + di_m, df, dC0, dn0, (dm0 + dm0_m)[..., None], None, None
 
 
 def mlstm_chunkwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
@@ -338,8 +430,8 @@ def mlstm_chunkwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: to
     Returns:
         h [B, NH, S, DH] in q's dtype, and with ``return_state`` the final (C, n, m) (float32; float64 for
         float64 inputs), differentiable like the inputs.
-    Memory kept for the backward: the inputs and the (C, n, m) at every chunk start (S / chunk_size states of
-    DH x DH per head); the intra-chunk matrices are recomputed.
+    Memory kept for the backward: the inputs, the output, three numbers per token and the (C, n, m) at every
+    chunk boundary (S / chunk_size states of DH x DH per head); the intra-chunk matrices are recomputed.
     """
     L, state0, q_, ks, v_, i_, f_ = _prepare(q, k, v, igate, fgate, chunk_size, initial_state)
     h, C, n, m = _MLSTMChunkwise.apply(q_, ks, v_, i_, f_, *state0, L, eps)
