@@ -29,6 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                                "results table beside published numbers."),
     "probe": ("bioseq.commands.probe", "Linear probe (logistic regression) on frozen embeddings or "
                                        "k-mer counts."),
+    "soft-prompt": ("bioseq.commands.soft_prompt", "Soft-prompt tuning of a frozen backbone (accuracy "
+                                                   "against the number of prompt tokens K)."),
+    "icl": ("bioseq.commands.icl", "In-context evaluation: k-shot classification, protein homolog "
+                                   "context, SMILES context."),
     "demo": ("bioseq.commands.demo", "Pretrain a tiny HyenaDNA on the bundled synthetic genome (CPU, "
                                      "minutes)."),
 }
