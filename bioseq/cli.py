@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("bioseq.commands.finetune", "Finetune a backbone on a labelled sequence task "
                                              "(LightningCLI: fit/validate/test/predict)."),
     "embed": ("bioseq.commands.embed", "Turn FASTA (or SMILES) into embeddings on disk (HDF5 or npy)."),
+    "generate": ("bioseq.commands.generate", "Sample sequences (FASTA or SMILES) from a causal model with a "
+                                             "recurrent state (Mamba, xLSTM)."),
     "benchmark": ("bioseq.commands.benchmark", "Run a benchmark suite (datasets x seeds) and write the "
                                                "results table beside published numbers."),
     "probe": ("bioseq.commands.probe", "Linear probe (logistic regression) on frozen embeddings or "
