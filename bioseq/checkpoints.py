@@ -163,9 +163,37 @@ _ALLOWED = {
 }
 
 
+# Globals a weights file has no reason to name: they exist to run code (a shell, an import, eval...).
+# A pickle naming one is refused outright instead of being kept as an inert placeholder.
+_CODE_MODULES = frozenset({
+    "os", "posix", "nt", "subprocess", "sys", "shutil", "socket", "importlib", "runpy", "pty", "code",
+    "codeop", "ctypes", "pickle", "_pickle", "marshal", "webbrowser", "multiprocessing", "signal",
+    "asyncio", "commands", "platform", "pdb", "timeit", "trace", "cProfile", "profile",
+})
+_CODE_BUILTINS = frozenset({
+    "eval", "exec", "compile", "__import__", "open", "getattr", "setattr", "delattr", "globals",
+    "locals", "vars", "input", "breakpoint", "exit", "quit", "help", "memoryview", "apply", "execfile",
+})
+
+
+class RefusedPickle(pickle.UnpicklingError):
+    """A pickle that names a global whose only use in a pickle is running code."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.global_name = f"{module}.{name}"
+
+
+def _runs_code(module: str, name: str) -> bool:
+    return module.split(".", 1)[0] in _CODE_MODULES or (module in ("builtins", "__builtin__")
+                                                        and name in _CODE_BUILTINS)
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals in ``_ALLOWED`` (plus torch dtypes and storage types); anything
-    else becomes a fresh ``Foreign`` subclass. Storages come from the archive's ``data/`` records."""
+    """Resolves only the globals in ``_ALLOWED`` (plus torch dtypes and storage types); a global that
+    runs code (``os.system``, ``builtins.eval``, ``subprocess.*``...) raises :class:`RefusedPickle`;
+    anything else becomes a fresh ``Foreign`` subclass. Storages come from the archive's ``data/``
+    records."""
 
     def __init__(self, file, archive: zipfile.ZipFile, prefix: str, byteorder: str):
         super().__init__(file)
@@ -177,6 +205,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _compat_pickle.NAME_MAPPING:              # protocol <= 2 writes py2 names
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        if _runs_code(module, name):
+            raise RefusedPickle(module, name)
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and name in _STORAGE_DTYPES:
@@ -214,8 +244,9 @@ def load_torch_restricted(path: str | Path) -> Any:
     """Read a ``torch.save`` zip archive without importing or calling anything foreign.
 
     Tensors (and parameters, as plain tensors) are rebuilt on CPU from the raw storage records;
-    dicts, lists, tuples, sets, numbers and strings are rebuilt; every other object becomes an
-    inert :class:`Foreign` placeholder.
+    dicts, lists, tuples, sets, numbers and strings are rebuilt; a file naming a code-running global
+    (``os.system``, ``builtins.eval``, ...) is refused with a :class:`CheckpointError`; every other
+    object becomes an inert :class:`Foreign` placeholder.
     """
     path = Path(path)
     if not zipfile.is_zipfile(path):
@@ -231,6 +262,9 @@ def load_torch_restricted(path: str | Path) -> Any:
         unpickler = _RestrictedUnpickler(io.BytesIO(archive.read(pkls[0])), archive, prefix, byteorder)
         try:
             return unpickler.load()
+        except RefusedPickle as e:
+            raise CheckpointError(f"{path}: refused: the pickle calls {e.global_name}, which would run "
+                                  "code (not loaded)") from None
         except (pickle.UnpicklingError, TypeError, ValueError, KeyError, RuntimeError, EOFError) as e:
             raise CheckpointError(f"{path}: cannot extract tensors safely: {e}") from None
 

@@ -288,6 +288,27 @@ def is_random_preset(spec) -> bool:
     return spec in PRESETS
 
 
+def check_checkpoint(path: Path) -> None:
+    """One line (BioseqError) for a ``--ckpt_path`` file that is not a readable, plain-data Lightning
+    checkpoint: truncated, not a checkpoint, or a pickle naming objects that unpickling would call (it is
+    read with ``weights_only=True`` and memory-mapped, so the tensors are not loaded here)."""
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"it names {found.group(1)}, which unpickling would call" if found else "not plain data"
+        raise BioseqError(f"{path}: refused: {what} (only plain-data checkpoints are loaded)") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BioseqError(f"{path}: cannot read checkpoint ({first})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict):
+        raise BioseqError(f"{path}: not a Lightning checkpoint (no state_dict)")
+
+
 def _num_classes_of(dm) -> int:
     """The class count of the data (outputs for regression): reads the splits the DataModule has."""
     last = None
@@ -353,6 +374,8 @@ def _cli_class(kind: str, prog: str, config_paths: list[Path]):
                 say(kind, f"resuming from {found}")
             elif ckpt and ckpt not in ("best", "hpc", "registry") and not Path(ckpt).is_file():
                 raise BioseqError(f"--ckpt_path {ckpt}: no such checkpoint file")
+            if cfg.get("ckpt_path") and cfg.ckpt_path not in ("best", "hpc", "registry"):
+                check_checkpoint(Path(cfg.ckpt_path))
             if kind == "finetune":
                 m = cfg.model
                 spec = m.get("backbone")
