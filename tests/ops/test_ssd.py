@@ -1,5 +1,9 @@
 """ssd: the spec vs a float64 closed form, the chunked path vs the spec (outputs and all gradients),
-chunk-size independence, state passing and the one-token update."""
+chunk-size independence, state passing and the one-token update; the Triton path vs the spec and dispatch.
+
+Kernel tests (``test_kernel_*``) run on CUDA when there is a GPU, else under Triton's interpreter on CPU;
+see tests/ops/test_fftconv.py for why a fresh process is used when triton was imported without it.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bioseq.ops.ssd import ssd, ssd_chunked, ssd_ref, ssd_state_update
+from bioseq.ops import ssd as ssd_pkg
+from bioseq.ops.ssd import ssd, ssd_backend, ssd_chunked, ssd_ref, ssd_state_update
+from tests.ops.kernel_env import (
+    DEVICE,
+    DTYPE_IDS,
+    KERNEL_DTYPES,
+    KERNELS_HERE,
+    needs_kernels,
+    run_kernel_tests_in_fresh_process,
+    tl,
+)
 
 
 def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -163,3 +177,80 @@ def test_state_update_repeated_equals_scan(D):
         y_t, state = ssd_state_update(state, **step, A=args["A"], D=args["D"], dt_bias=args["dt_bias"])
         assert y_t.shape == (2, 4, 3) and max_rel(y_t, y[:, t]) < 1e-5
     assert state.dtype == torch.float32 and max_rel(state, last) < 1e-5
+
+
+# ---------------------------------------------------------------- Triton path
+
+@pytest.fixture
+def kernels():
+    from bioseq.ops.ssd import triton as module
+
+    return module
+
+
+@pytest.mark.skipif(tl is None or KERNELS_HERE, reason="kernel tests ran in this process (or no triton)")
+def test_kernels_run_in_fresh_process():
+    """Triton was imported here without the interpreter: run this file's kernel tests in a subprocess."""
+    run_kernel_tests_in_fresh_process(__file__)
+
+
+KERNEL_CASES = [  # (batch, L, H, P, G, N, state, D, chunk): odd L, partial last chunk, groups
+    (2, 9, 4, 3, 2, 5, True, "channel", 4),
+    (1, 7, 2, 4, 1, 3, False, "head", 64),
+    (1, 5, 4, 2, 4, 2, True, None, 2),
+]
+KERNEL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=lambda dt: DTYPE_IDS[dt])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=lambda c: case_id(c[:8]) + f"-T{c[8]}")
+def test_kernel_matches_spec(kernels, case, dtype):
+    """Outputs, final state and every input gradient (the spec runs on the same rounded inputs)."""
+    batch, L, H, P, G, N, state, D, chunk = case
+    args = make_inputs(batch, L, H, P, G, N, dtype, state, D)
+    args = {k: v.to(DEVICE).requires_grad_() for k, v in args.items()}
+    y, last = kernels.ssd_triton(**args, chunk_size=chunk, return_state=True)
+    y_ref, last_ref = ssd_ref(**args, return_state=True)
+    assert y.dtype == dtype and last.dtype == torch.float32
+    gy, gs = torch.randn_like(y_ref, dtype=torch.float32), torch.randn_like(last_ref)
+    names = list(args)
+    got = torch.autograd.grad((y.float() * gy).sum() + (last * gs).sum(), [args[k] for k in names])
+    want = torch.autograd.grad((y_ref.float() * gy).sum() + (last_ref * gs).sum(), [args[k] for k in names])
+    tol = KERNEL_TOL[dtype]
+    assert max_rel(y, y_ref) < tol and max_rel(last, last_ref) < tol
+    for name, a, b in zip(names, got, want):
+        assert a.dtype == b.dtype and max_rel(a, b) < tol, (name, max_rel(a, b))
+
+
+@needs_kernels
+def test_kernel_forced_by_env(monkeypatch, kernels):
+    args = {k: v.to(DEVICE) for k, v in make_inputs().items()}
+    calls = []
+    real = kernels.ssd_triton
+    monkeypatch.setattr(kernels, "ssd_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setenv("BIOSEQ_OPS", "triton")
+    y = ssd(**args, chunk_size=4)
+    assert calls == [1] and max_rel(y, ssd_ref(**args)) < 1e-5
+    assert ssd_backend(args["x"].double()) == "ref"
+    monkeypatch.setenv("BIOSEQ_OPS", "ref")
+    ssd(**args)
+    assert calls == [1]
+
+
+# ---------------------------------------------------------------- dispatch
+
+def test_dispatch_cpu_runs_the_chunked_path(monkeypatch):
+    monkeypatch.delenv("BIOSEQ_OPS", raising=False)
+    calls = []
+    monkeypatch.setattr(ssd_pkg, "ssd_chunked", lambda *a, **k: calls.append(1) or ssd_chunked(*a, **k))
+    args = make_inputs()
+    y = ssd(**args)
+    assert calls == [1] and max_rel(y, ssd_ref(**args)) < 1e-5
+
+
+def test_dispatch_auto_on_gpu_picks_the_kernel(monkeypatch):
+    monkeypatch.delenv("BIOSEQ_OPS", raising=False)
+    monkeypatch.setattr(ssd_pkg, "use_triton", lambda x: True)   # pretend: CUDA tensor, triton installed
+    assert ssd_backend(torch.empty(2, 64, 4, 8, device="meta")) == "triton"
+    assert ssd_backend(torch.empty(2, 64, 4, 8, device="meta", dtype=torch.float64)) == "ref"

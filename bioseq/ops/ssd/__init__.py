@@ -6,7 +6,10 @@ equations are in ``bioseq.ops.ssd.ref``. Returns y [batch, L, H, P] in x's dtype
 [batch, H, P, N] float32 with ``return_state``). Any L; the result does not depend on ``chunk_size``
 beyond rounding.
 
-Dispatch as in ``bioseq.ops._dispatch``; on CPU the chunked reference (``ssd_chunked``) runs.
+Dispatch as in ``bioseq.ops._dispatch``: the Triton path (``bioseq.ops.ssd.triton``: the selective-scan
+kernels on reshaped views; fp32/fp16/bf16) for CUDA tensors, else the chunked torch path
+(``ssd_chunked``); float64 always takes the torch path; ``BIOSEQ_OPS=ref|triton`` overrides.
+``ssd_ref`` is the per-step spec.
 ``ssd_state_update(state, x, dt, A, B, C, ...)`` advances the state by one token in plain torch.
 """
 
@@ -14,9 +17,17 @@ from __future__ import annotations
 
 import torch
 
+from bioseq.ops._dispatch import use_triton
 from bioseq.ops.ssd.ref import ssd_chunked, ssd_ref, ssd_state_update_ref
 
-__all__ = ["ssd", "ssd_chunked", "ssd_ref", "ssd_state_update"]
+__all__ = ["ssd", "ssd_backend", "ssd_chunked", "ssd_ref", "ssd_state_update"]
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def ssd_backend(x: torch.Tensor) -> str:
+    """"triton" or "ref": which implementation ``ssd(x, ...)`` runs."""
+    return "triton" if use_triton(x) and x.dtype in KERNEL_DTYPES else "ref"
 
 
 def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -24,6 +35,10 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         dt_bias: torch.Tensor | None = None, dt_softplus: bool = True,
         initial_state: torch.Tensor | None = None, return_state: bool = False):
     """Chunked SSD scan over x [batch, L, H, P]; see the module docstring for the arguments."""
+    if ssd_backend(x) == "triton":
+        from bioseq.ops.ssd.triton import ssd_triton
+
+        return ssd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, return_state)
     return ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, return_state)
 
 
