@@ -43,6 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps-per-epoch", type=int, help="cap the optimizer steps of one epoch (default: one "
                                                        "full pass over the training set)")
     p.add_argument("--max-train", type=int, help="use a stratified subsample of this many training sequences")
+    p.add_argument("--max-val", type=int, help="validate on a stratified subsample of this many sequences")
     p.add_argument("--max-test", type=int, help="score a stratified subsample of this many test sequences")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
@@ -87,6 +88,7 @@ def load_task(a):
     keep, held = stratified_split(train.labels, a.val_fraction, a.seed)
     fit, val = train.subset(keep), train.subset(held)
     fit = subsample(fit, a.max_train, a.seed)
+    val = subsample(val, getattr(a, "max_val", None), a.seed)
     test = subsample(test, a.max_test, a.seed)
     num_classes = len(train.class_names) if train.class_names else int(max(train.labels.max(),
                                                                            test.labels.max())) + 1
