@@ -195,7 +195,7 @@ class XLSTMConfig(BackboneConfig):
 def _dna(d_model: int, n_layer: int, max_length: int, **kw) -> XLSTMConfig:
     """DNA-xLSTM as released: vocab 12 unpadded, RoPE per head, biases, MLM-ready bidirectional."""
     base = dict(d_model=d_model, n_layer=n_layer, vocab_size=12, max_length=max_length, rope="head",
-                bias=True, round_proj_up_dim_up=False, chunk_size=min(max_length, 1024),
+                bias=True, round_proj_up_dim_up=False,
                 bidirectional=True, alphabet="dna")
     return XLSTMConfig(**{**base, **kw})
 
@@ -203,7 +203,7 @@ def _dna(d_model: int, n_layer: int, max_length: int, **kw) -> XLSTMConfig:
 def _prot(d_model: int, n_layer: int, **kw) -> XLSTMConfig:
     """Prot-xLSTM: 38 tokens, mLSTM only, RoPE over the inner width (base 500000), causal."""
     base = dict(d_model=d_model, n_layer=n_layer, vocab_size=38, rope="inner", rope_base=500000.0,
-                chunk_size=1024, max_length=131072, alphabet="protein")
+                max_length=131072, alphabet="protein")
     return XLSTMConfig(**{**base, **kw})
 
 
@@ -220,7 +220,7 @@ PRESETS: dict[str, XLSTMConfig] = {
     "dna-xlstm-tiny": _dna(64, 2, 1024, bidirectional=False),
     "dna-xlstm-tiny-bidir": _dna(64, 2, 1024, slstm_at=[1]),
     "dna-xlstm-tiny-rcps": _dna(64, 2, 1024, slstm_at=[0, 1], rcps=True),
-    "prot-xlstm-tiny": _prot(64, 2, chunk_size=64, max_length=2048),
+    "prot-xlstm-tiny": _prot(64, 2, max_length=2048),
     "chem-xlstm-tiny": _chem(64, 2, 1, vocab_size=128),
     # released sizes (random initialisation; weights load through the layouts below)
     "dna-xlstm-500k-1k": _dna(128, 4, 1024),
@@ -264,6 +264,11 @@ class HeadwiseLinear(nn.Module):
         y = torch.einsum("...hi,hoi->...ho", x.reshape(*shape[:-1], self.num_blocks, -1), self.weight)
         y = y.reshape(shape)
         return y if self.bias is None else y + self.bias
+
+    def channels_first(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map on ``x [B, NB * I, L]`` -> ``[B, NB * O, L]`` (a grouped 1x1 convolution)."""
+        w = self.weight.reshape(-1, self.weight.shape[-1], 1)
+        return F.conv1d(x, w, self.bias, groups=self.num_blocks)
 
 
 def head_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -342,51 +347,64 @@ class MLSTMLayer(nn.Module):
         self.proj_down = nn.Linear(E, c.d_model, bias=c.bias)
         self.dropout = nn.Dropout(c.dropout)
 
-    def _qkv_gates(self, xm, xc, positions):
-        """q, k, v [B, NH, L, DH] and gate pre-activations i, f [B, NH, L] from xm, xc [B, L, E]."""
-        B, L, _ = xm.shape
-        q, k, v = self.q_proj(xc), self.k_proj(xc), self.v_proj(xm)
+    def _branches(self, x, positions, window):
+        """The mLSTM branch up to the cell, channels first (block-diagonal projections as grouped 1x1
+        convolutions, gates as one matmul over channels).
+
+        x [B, L, D], positions [B, L], window [B, K-1, E] or None. Returns xc [B, E, L] (convolved,
+        SiLU), z [B, L, E], q, k, v [B, NH, L, DH], gate pre-activations i, f [B, NH, L] and the new
+        window."""
+        B, L, _ = x.shape
+        E, NH, DH = self.inner, self.num_heads, self.head_dim
+        up = self.proj_up(x)
+        xm, z = up[..., :E].transpose(1, 2), up[..., E:]                       # [B, E, L], [B, L, E]
+        K = self.conv_weight.shape[-1]
+        if window is None:
+            xc = causal_conv1d(xm, self.conv_weight, self.conv_bias)
+        else:
+            full = torch.cat([window.transpose(1, 2).to(xm.dtype), xm], dim=2)
+            xc = causal_conv1d(full, self.conv_weight, self.conv_bias)[..., K - 1:]
+            window = full[..., full.shape[-1] - (K - 1):].transpose(1, 2)
+        xc = F.silu(xc)
+        q, k = self.q_proj.channels_first(xc), self.k_proj.channels_first(xc)
+        v = self.v_proj.channels_first(xm)
         if self.rope == "inner":                          # Prot-xLSTM: the gates see rotated q, k
-            cos, sin = rope_tables(positions, self.inner, self.rope_base)
-            q, k = rope_apply(q, cos, sin), rope_apply(k, cos, sin)
-        gate_in = torch.cat([q, k, v], dim=-1)
-        i, f = self.igate(gate_in).transpose(1, 2), self.fgate(gate_in).transpose(1, 2)
-        q, k, v = (t.view(B, L, self.num_heads, self.head_dim) for t in (q, k, v))
+            cos, sin = rope_tables(positions, E, self.rope_base)
+            q = rope_apply(q.transpose(1, 2), cos, sin).transpose(1, 2)
+            k = rope_apply(k.transpose(1, 2), cos, sin).transpose(1, 2)
+        w = torch.cat([self.igate.weight, self.fgate.weight])                  # [2 NH, 3 E]
+        b = torch.cat([self.igate.bias, self.fgate.bias])
+        gates = w[:, :E] @ q + w[:, E:2 * E] @ k + w[:, 2 * E:] @ v + b[:, None]   # [B, 2 NH, L]
+        i, f = gates[:, :NH], gates[:, NH:]
+        q, k, v = (t.reshape(B, NH, DH, L).transpose(2, 3) for t in (q, k, v))   # [B, NH, L, DH]
         if self.rope == "head":                           # DNA-xLSTM: rotation after the gates
-            cos, sin = rope_tables(positions, self.head_dim, self.rope_base)
-            cos, sin = cos[:, :, None], sin[:, :, None]                      # same angles for every head
+            cos, sin = rope_tables(positions, DH, self.rope_base)
+            cos, sin = cos[:, None], sin[:, None]                              # same angles for every head
             q, k = rope_apply(q, cos, sin), rope_apply(k, cos, sin)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), i, f
+        return xc, z, q, k, v, i, f, window
 
     def _output(self, h, xc, z):
-        """h [B, L, NH, DH] -> y [B, L, D]."""
-        h = head_norm(h, self.outnorm_weight, self.norm_eps) + self.skip * xc
+        """h [B, NH, L, DH], xc [B, E, L], z [B, L, E] -> y [B, L, D]."""
+        h = head_norm(h.transpose(1, 2), self.outnorm_weight, self.norm_eps) + self.skip * xc.transpose(1, 2)
         return self.dropout(self.proj_down(h * F.silu(z)))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, state: dict | None = None, **_):
         """x [B, L, D], positions [B, L] (RoPE); state None or {"conv", "cell"}. Returns (y, new state)."""
-        xm, z = self.proj_up(x).chunk(2, dim=-1)
-        window = None if state is None else state["conv"]
-        xc, window = short_conv(xm, self.conv_weight, self.conv_bias, window)
-        xc = F.silu(xc)
-        q, k, v, i, f = self._qkv_gates(xm, xc, positions)
+        xc, z, q, k, v, i, f, window = self._branches(x, positions, None if state is None else state["conv"])
         if state is None:
             h, new = mlstm(q, k, v, i, f, chunk_size=self.chunk_size, eps=self.eps), None
         else:
             h, cell = mlstm(q, k, v, i, f, chunk_size=self.chunk_size, initial_state=state["cell"],
                             return_state=True, eps=self.eps)
             new = {"conv": window, "cell": cell}
-        return self._output(h.transpose(1, 2), xc, z), new
+        return self._output(h, xc, z), new
 
     def step(self, x: torch.Tensor, positions: torch.Tensor, state: dict):
         """One token: x [B, D], positions [B]. Returns (y [B, D], new state)."""
-        xm, z = self.proj_up(x[:, None]).chunk(2, dim=-1)
-        xc, window = short_conv(xm, self.conv_weight, self.conv_bias, state["conv"])
-        xc = F.silu(xc)
-        q, k, v, i, f = self._qkv_gates(xm, xc, positions[:, None])
+        xc, z, q, k, v, i, f, window = self._branches(x[:, None], positions[:, None], state["conv"])
         h, cell = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[..., 0], f[..., 0], state["cell"],
                              eps=self.eps)
-        return self._output(h[:, None], xc, z)[:, 0], {"conv": window, "cell": cell}
+        return self._output(h[:, :, None], xc, z)[:, 0], {"conv": window, "cell": cell}
 
     def zero_state(self, batch_size: int, device, dtype) -> dict:
         K = self.conv_weight.shape[-1]
