@@ -671,8 +671,22 @@ def assemble(parts_dir: Path, out: str | os.PathLike, metadata: dict, *, fmt: st
 
     Duplicate indices (padding added by a distributed sampler, or a part re-run) keep the first
     occurrence; rows must cover 0..N-1 exactly (N = ``n_rows`` when given). Writes ``<out>.tmp`` and
-    renames it onto ``out``; the parts directory is left for the caller to delete.
+    renames it onto ``out``; the parts directory is left for the caller to delete. When anything fails,
+    ``<out>.tmp`` is removed (the output is then untouched).
     """
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    try:
+        _assemble(parts_dir, out, metadata, fmt=fmt, dtype=dtype, n_rows=n_rows)
+    except BaseException:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists():
+            tmp.unlink()
+        raise
+
+
+def _assemble(parts_dir: Path, out: str | os.PathLike, metadata: dict, *, fmt: str = "h5",
+              dtype: str = "float32", n_rows: int | None = None) -> None:
     names = list_parts(parts_dir)
     if not names:
         raise EmbedError(f"{parts_dir}: no completed parts to assemble")

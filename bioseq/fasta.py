@@ -25,10 +25,12 @@ empty file (or only blank lines)       :class:`FastaFormatError` "empty file"
 text before the first ``>``            :class:`FastaFormatError` (blank lines and a UTF-8 BOM
                                        before it are fine; ``;`` comment lines are not)
 header without an id (``>`` alone)     :class:`FastaFormatError`
-empty record (header, no sequence)     :class:`FastaFormatError`, unless ``skip_empty=True``
-                                       (``--skip-empty``), which drops such records
+empty record (header, no sequence)     :class:`FastaFormatError`, unless ``skip_empty=True``,
+                                       which drops such records
 duplicate record ids                   :class:`FastaDuplicateError`, unless
-                                       ``allow_duplicates=True`` (``--allow-duplicates``)
+                                       ``allow_duplicates=True``
+a pipe, stdin or a device              :class:`FastaFileError` (the readers open a file more than
+                                       once; ``bioseq inspect`` / ``embed`` copy ``-`` first)
 CRLF line endings                      accepted: the ``\\r`` is stripped
 CR-only ("old Mac") line endings       :class:`FastaFormatError`
 truncated / corrupt gzip               :class:`FastaCompressionError` (with the last line read)
@@ -83,14 +85,36 @@ class FastaError(BioseqError):
     within the record's sequence) are set where known and all appear in the one-line message."""
 
     def __init__(self, message: str, *, path: object = None, record: str | None = None,
-                 line: int | None = None, position: int | None = None):
+                 line: int | None = None, position: int | None = None, remedy: str | None = None,
+                 hint: str | None = None):
         self.message = message
         self.path = None if path is None else str(path)
         self.record = record
         self.line = line
         self.position = position
+        self.remedy = remedy  # the read_fasta keyword that accepts this input, e.g. "allow_duplicates"
+        if hint is None and remedy is not None:
+            hint = LIBRARY_HINTS[remedy]
         where = locate(self.path, record, line, position)
-        super().__init__(f"{where}: {message}" if where else message)
+        text = f"{message}; {hint}" if hint else message
+        super().__init__(f"{where}: {text}" if where else text)
+
+    def with_hint(self, hints: dict[str, str], path: object = None) -> FastaError:
+        """The same error with the remedy phrased for a command (``hints``: remedy -> text; without a
+        matching hint the message names no remedy, never a flag the command does not have), and
+        optionally another name for the file (``path``: e.g. ``<stdin>`` for a copied stream)."""
+        if self.remedy is None and path is None:
+            return self
+        hint = hints.get(self.remedy, "") if self.remedy is not None else None
+        return type(self)(self.message, path=self.path if path is None else path, record=self.record,
+                          line=self.line, position=self.position, remedy=self.remedy, hint=hint)
+
+
+#: The remedy of an error in library terms (commands rephrase it with ``FastaError.with_hint``).
+LIBRARY_HINTS = {
+    "allow_duplicates": "pass allow_duplicates=True to accept it",
+    "skip_empty": "pass skip_empty=True to drop empty records",
+}
 
 
 class FastaFileError(FastaError):
@@ -169,6 +193,9 @@ def _check_file(path: Path) -> None:
         raise FastaFileError("no such file", path=path)
     if path.is_dir():
         raise FastaFileError("is a directory, not a FASTA file", path=path)
+    if not path.is_file():
+        raise FastaFileError("not a regular file (a pipe or a device): the reader needs a file it can "
+                             "open twice; save the stream to a file first", path=path)
     if not os.access(path, os.R_OK):
         raise FastaFileError("permission denied", path=path)
 
@@ -336,9 +363,8 @@ def _scan(path: Path, *, allow_duplicates: bool = False, skip_empty: bool = Fals
                 return rec
             if skip_empty:
                 return None
-            raise FastaFormatError("empty record (a header with no sequence lines); pass "
-                                   "skip_empty=True (CLI: --skip-empty) to drop empty records",
-                                   path=path, record=rec.id, line=rec.line)
+            raise FastaFormatError("empty record (a header with no sequence lines)", path=path,
+                                   record=rec.id, line=rec.line, remedy="skip_empty")
         if keep_seq:
             _validate_bytes(rec, path, alphabet)
         return rec
@@ -373,9 +399,8 @@ def _scan(path: Path, *, allow_duplicates: bool = False, skip_empty: bool = Fals
                     if not allow_duplicates:
                         if rid in seen:
                             raise FastaDuplicateError(
-                                f"duplicate record id (first seen at line {seen[rid]}); pass "
-                                "allow_duplicates=True (CLI: --allow-duplicates) to accept it",
-                                path=path, record=rid, line=lineno)
+                                f"duplicate record id (first seen at line {seen[rid]})",
+                                path=path, record=rid, line=lineno, remedy="allow_duplicates")
                         seen[rid] = lineno
                     cur = _Raw(rid, desc, lineno, b"", [], offset + nbytes, 0, 0, None)
                     parts = []
@@ -604,8 +629,8 @@ class IndexedFasta:
         entries = _read_fai(self.fai_path, self.path)
         empty = [name for name, n in entries if n == 0]
         if empty and not skip_empty:
-            raise FastaFormatError("empty record (a header with no sequence lines); pass skip_empty=True "
-                                   "to leave it out", path=self.path, record=empty[0])
+            raise FastaFormatError("empty record (a header with no sequence lines)", path=self.path,
+                                   record=empty[0], remedy="skip_empty")
         self.names: list[str] = [name for name, n in entries if n > 0]
         self.lengths: dict[str, int] = {name: n for name, n in entries if n > 0}
         self._faidx = None

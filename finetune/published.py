@@ -12,6 +12,9 @@ Sources (see also ``../shared/data/published_numbers.md``, which records how eac
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 CITATIONS = {
     "GB-CNN": "Gresova et al. 2023 (Genomic Benchmarks), repo experiments/README.md, PyTorch CNN",
     "HyenaDNA": "Nguyen et al. 2023, arXiv:2306.15794 (as listed in the Genomic Benchmarks README)",
@@ -108,3 +111,19 @@ NUCLEOTIDE_TRANSFORMER = {
 def published_for(dataset: str) -> dict[str, float]:
     """Published numbers for a GB dataset or NT task name (empty dict when none are known)."""
     return dict(GENOMIC_BENCHMARKS.get(dataset) or NUCLEOTIDE_TRANSFORMER.get(dataset) or {})
+
+
+def known_datasets() -> set[str]:
+    return set(GENOMIC_BENCHMARKS) | set(NUCLEOTIDE_TRANSFORMER)
+
+
+def dataset_from_path(path) -> str | None:
+    """The benchmark dataset a data file belongs to when its name appears in the path (a folder such as
+    ``human_ocr_ensembl/`` or a file such as ``H3_train.fna``), else None. The innermost match wins."""
+    known = known_datasets()
+    for part in reversed(Path(str(path)).parts):
+        stem = part.split(".")[0]
+        for candidate in (part, stem, re.sub(r"[_-](train|test|val|valid|dev)([_-].*)?$", "", stem)):
+            if candidate in known:
+                return candidate
+    return None

@@ -113,6 +113,9 @@ def _run_one(
     if not metrics:
         raise BioseqError(f"{item.name} seed {seed}: no test metrics (does the dataset have a test split?)")
     ckpt = cli.trainer.checkpoint_callback
+    from bioseq.models import PRESETS
+
+    random_weights = isinstance(backbone, str) and backbone in PRESETS and not Path(backbone).is_dir()
     best_val = (
         float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else math.nan
     )
@@ -124,6 +127,8 @@ def _run_one(
         "value": metrics.get(f"test/{item.metric}", math.nan),
         "best_val": best_val,
         "minutes": round((time.time() - t0) / 60, 3),
+        "random_weights": bool(random_weights),
+        "smoke": bool(cli.trainer.fast_dev_run),
         **{k.split("/", 1)[1]: v for k, v in metrics.items()},
     }
 
@@ -215,6 +220,26 @@ def run_suite(
     return rows
 
 
+MARK_NOTES = {
+    "(random weights)": "the backbone was a preset name, i.e. randomly initialised, not pretrained",
+    "(smoke run: fast_dev_run)": "smoke run (trainer.fast_dev_run): one batch of training and testing",
+}
+
+
+def run_marks(rows: list[dict]) -> list[str]:
+    """The markers a results table carries: ``(random weights)`` and ``(smoke run: fast_dev_run)`` when
+    any row is one (CSV cells come back as strings)."""
+    def flag(r, key):
+        return str(r.get(key, "")).strip().lower() in ("true", "1")
+
+    marks = []
+    if any(flag(r, "random_weights") for r in rows):
+        marks.append("(random weights)")
+    if any(flag(r, "smoke") for r in rows):
+        marks.append("(smoke run: fast_dev_run)")
+    return marks
+
+
 def summarize(rows: list[dict]) -> dict[str, dict]:
     """dataset -> {"metric", "mean", "std" (sample std; 0 for one seed), "n"}."""
     out: dict[str, dict] = {}
@@ -241,7 +266,8 @@ def write_results(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     baselines = baselines or {}
-    keys = ["dataset", "seed", "backbone", "metric", "value", "best_val", "minutes"]
+    keys = ["dataset", "seed", "backbone", "metric", "value", "best_val", "minutes", "random_weights",
+            "smoke"]
     extra = sorted({k for r in rows for k in r} - set(keys))
     with open(out / "results.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=keys + extra)
@@ -251,6 +277,8 @@ def write_results(
     summary = summarize(rows)
     sources = sorted({s for d in summary for s in published_for(d)}, key=list(CITATIONS).index)
     kcol = f"{kmer}-mer LR" if kmer else None
+    marks = run_marks(rows)
+    label = f"{label} {' '.join(marks)}" if marks else label
     head = ["dataset", "metric", f"{label} (mean ± std, n)"] + ([kcol] if baselines else []) + sources
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for d, s in summary.items():
@@ -261,6 +289,9 @@ def write_results(
             cells.append(f"{b['value']:.3f}" if b else "–")
         cells += [f"{pub[src]:.3f}" if src in pub else "–" for src in sources]
         lines.append("| " + " | ".join(cells) + " |")
+    if marks:
+        lines += ["", "Not comparable with the published numbers: "
+                  + "; ".join(MARK_NOTES[m] for m in marks) + "."]
     lines += ["", "Published numbers (fractions):"] + [f"- {src}: {CITATIONS[src]}" for src in sources]
     if baselines:
         lines.append(

@@ -26,6 +26,13 @@ def _parse_data_files(specs: list[str]) -> dict:
         files = dict(p.split("=", 1) for p in rest.split(",") if "=" in p)
         if not name or not files or set(files) - {"train", "val", "test"}:
             raise BioseqError(f"--data-file '{spec}': expected NAME:train=PATH,test=PATH[,val=PATH]")
+        from bioseq.finetune.published import dataset_from_path, known_datasets
+
+        for split, path in files.items():
+            found = dataset_from_path(path)
+            if found and found != name and name in known_datasets():
+                raise BioseqError(f"--data-file {name}: the {split} file {path} is from {found}, not {name} "
+                                  "(the table would show another dataset's published numbers)")
         out[name] = files
     return out
 

@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 
 HELP = "Turn FASTA (or SMILES) into embeddings on disk (HDF5 or npy)."
+# The engine's choices, written out so that --help and argument errors need no torch import
+# (tests/bioseq/test_first_hour.py checks they equal bioseq.pooling.POOLS / bioseq.embed.LONG_POLICIES).
+POOLS = ("mean", "max", "first", "last")
+LONG_POLICIES = ("error", "truncate", "chunk", "stream")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -31,8 +35,6 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from bioseq.embed import LONG_POLICIES, POOLS
-
     p = argparse.ArgumentParser(
         prog="bioseq embed", description=HELP + " Rows are written in input order; the output appears "
         "only when complete (a temporary parts directory beside it holds finished work for --resume).",
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  (put INPUT files before list options such as --pool / --layers, or end them with --)",
         formatter_class=_Formatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="FASTA files (plain, gzip or BGZF), or with --smiles one SMILES text/.smi/CSV file")
+                   help="FASTA files (plain, gzip or BGZF), or with --smiles one SMILES text/.smi/CSV file; "
+                        "- reads standard input (a pipe is copied to a temporary file first)")
     p.add_argument("-m", "--model", required=True,
                    help="bioseq / released checkpoint directory, or a preset name (random weights)")
     p.add_argument("-o", "--output", required=True, help="output .h5 file (or directory with --format npy)")
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smiles-column", default=None, help="CSV column holding SMILES (implies --smiles)")
     p.add_argument("--id-column", default=None, help="CSV column holding record ids (default: row number)")
     p.add_argument("--dedupe", action="store_true", help="keep the first of records with the same id")
+    p.add_argument("--skip-empty", action="store_true", help="drop records with no sequence")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run of the same command")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -87,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-override", nargs="+", default=[], metavar="KEY=VALUE",
                    help="config fields for a preset, e.g. alphabet=protein l_max=4098 (vocab_size follows "
                         "the alphabet unless given)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no notes (the random-weights note stays in the metadata)")
     return p
 
 
@@ -148,6 +153,8 @@ def load_model(spec: str, seed: int = 0, overrides: dict | None = None):
         meta.update(model=str(Path(spec).resolve()), weights_file=str(wf), weights_sha256=sha256_file(wf))
     else:
         meta.update(weights_file="", weights_sha256="", random_init_seed=seed)
+    origin = getattr(backbone, "weights_origin", None)
+    meta["random_weights"] = origin == "random" if origin is not None else source is None
     return backbone, tokenizer, meta
 
 
@@ -162,38 +169,118 @@ def options_from_args(args):
                         add_eos=args.add_eos, device=args.device, precision=args.precision)
 
 
-def records_factory(args):
-    """A zero-argument callable giving a fresh record iterator (the engine reads the input twice)."""
-    from bioseq.embed import EmbedError, iter_fasta, iter_smiles
+#: Remedies of FASTA errors, phrased with this command's flags.
+HINTS = {"allow_duplicates": "pass --dedupe to keep the first record of each id",
+         "skip_empty": "pass --skip-empty to drop empty records"}
 
-    for path in args.inputs:
-        if not Path(path).is_file():
-            raise EmbedError(f"{path}: no such input file")
+
+def _fasta_records(paths: list[str], names: list[str], dedupe: bool, skip_empty: bool):
+    from bioseq.embed import SequenceRecord
+    from bioseq.fasta import FastaError, read_fasta
+
+    for path, name in zip(paths, names):
+        try:
+            for rec in read_fasta(path, allow_duplicates=dedupe, skip_empty=skip_empty, as_bytes=True):
+                yield SequenceRecord(rec.id, rec.seq, name, rec.line)
+        except FastaError as err:
+            shown = None if path == name else ("<stdin>" if name == "-" else name)
+            raise err.with_hint(HINTS, path=shown) from None
+
+
+def records_factory(args, paths: list[str] | None = None):
+    """A zero-argument callable giving a fresh record iterator (the engine reads the input twice).
+    ``paths``: the files to read in place of ``args.inputs`` (stdin and pipes copied to files)."""
+    from bioseq.embed import EmbedError, iter_smiles
+
+    paths = list(paths or args.inputs)
     if args.smiles or args.smiles_column:
         if len(args.inputs) != 1:
             raise EmbedError("--smiles takes exactly one input file")
-        return lambda: iter_smiles(args.inputs[0], column=args.smiles_column, id_column=args.id_column)
-    return lambda: iter_fasta(args.inputs, dedupe=args.dedupe)
+        return lambda: iter_smiles(paths[0], column=args.smiles_column, id_column=args.id_column)
+    return lambda: _fasta_records(paths, list(args.inputs), args.dedupe, args.skip_empty)
+
+
+def check_output(args) -> Path:
+    """One-line errors, before anything is loaded, for an output that cannot be written: over an input, a
+    directory where a file is meant (or the reverse), a missing or unwritable directory."""
+    import os
+    import tempfile
+
+    from bioseq.errors import BioseqError
+
+    out = Path(args.output)
+    for name in args.inputs:
+        if name != "-" and Path(name).exists() and out.exists() and os.path.samefile(name, out) or \
+                name != "-" and Path(name).resolve() == out.resolve():
+            raise BioseqError(f"-o {out}: that is an input file; refusing to write the output over it")
+    if out.is_dir() and args.format == "h5":
+        raise BioseqError(f"-o {out}: is a directory; give a file name (e.g. {out / 'embeddings.h5'}) or "
+                          "--format npy to write a directory")
+    if out.exists() and not out.is_dir() and args.format == "npy":
+        raise BioseqError(f"-o {out}: is a file; --format npy writes a directory")
+    if not out.parent.is_dir():
+        raise BioseqError(f"-o {out}: the directory {out.parent} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+    except OSError as err:
+        raise BioseqError(f"-o {out}: cannot write in {out.parent} ({err.strerror})") from None
+    return out
+
+
+def _drop_empty_parts(out: Path) -> None:
+    """After a failed run: remove the parts directory when it holds no finished work (nothing to resume)."""
+    import shutil
+
+    from bioseq.embed import list_parts, parts_dir_for
+
+    parts = parts_dir_for(out)
+    if parts.is_dir() and not list_parts(parts):
+        shutil.rmtree(parts, ignore_errors=True)
 
 
 def main(argv: list[str]) -> int:
+    from bioseq.commands.common import SpooledInputs, check_input_file
+
     args = build_parser().parse_args(argv)
+    for path in args.inputs:  # cheap checks first: no torch import for a typo
+        check_input_file(path)
+    out = check_output(args)
+    if out.exists() and not args.overwrite:
+        if args.resume:
+            print(f"bioseq embed: {out} is already complete; nothing to resume", file=sys.stderr)
+            return 0
+        from bioseq.errors import BioseqError
+
+        raise BioseqError(f"{out} exists; pass --overwrite to replace it")
+    with SpooledInputs(args.inputs, suffix=".txt" if args.smiles or args.smiles_column else ".fa") as spool:
+        try:
+            return _run(args, argv, out, spool)
+        except OSError as err:
+            from bioseq.errors import BioseqError
+
+            _drop_empty_parts(out)
+            where = err.filename or out
+            raise BioseqError(f"{where}: cannot write ({err.strerror or err})") from None
+        except Exception:
+            _drop_empty_parts(out)
+            raise
+
+
+def _run(args, argv: list[str], out: Path, spool) -> int:
     import torch
 
+    from bioseq.commands.common import is_random_preset, random_weights_warning
     from bioseq.embed import EmbedError, embed_to_file
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise EmbedError(f"--device {args.device}: CUDA is not available on this machine")
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        if args.resume:
-            print(f"bioseq embed: {out} is already complete; nothing to resume", file=sys.stderr)
-            return 0
-        raise EmbedError(f"{out} exists; pass --overwrite to replace it")
-    records = records_factory(args)
+    records = records_factory(args, spool.paths)
     options = options_from_args(args)
+    if is_random_preset(args.model) and not args.quiet:  # -q: only the metadata says random_weights
+        random_weights_warning("embed", args.model)
     backbone, tokenizer, meta = load_model(args.model, args.seed, parse_overrides(args.model_override))
     if args.unknown is not None:
         from bioseq.tokenizers import tokenizer_from_config
@@ -201,7 +288,9 @@ def main(argv: list[str]) -> int:
         tokenizer = tokenizer_from_config({**tokenizer.to_dict(), "unknown": args.unknown})
     meta.update(tokenizer_config=tokenizer.to_dict() if hasattr(tokenizer, "to_dict") else None,
                 command_line=shlex.join(["bioseq", "embed", *argv]),
-                inputs=[str(Path(p).resolve()) for p in args.inputs], torch_version=torch.__version__)
+                inputs=[p if p == "-" or spool_path != p else str(Path(p).resolve())
+                        for p, spool_path in zip(args.inputs, spool.paths)],
+                torch_version=torch.__version__)
     try:
         if args.devices > 1 or args.num_nodes > 1:
             from bioseq.commands.embed_distributed import embed_distributed

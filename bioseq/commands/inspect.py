@@ -240,7 +240,8 @@ def format_summary(res: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bioseq inspect", description=HELP + " Plain, gzip and BGZF input.")
-    p.add_argument("fasta", nargs="+", help="FASTA files (plain, gzip or BGZF; detected from the bytes)")
+    p.add_argument("fasta", nargs="+",
+                   help="FASTA files (plain, gzip or BGZF; detected from the bytes); - reads standard input")
     p.add_argument("--per-record", action="store_true", help="add one row per record")
     p.add_argument("--json", action="store_true", help="print a JSON list (one object per file)")
     p.add_argument("--alphabet", choices=["auto", "dna", "protein"], default="auto",
@@ -256,19 +257,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Remedies of FASTA errors, phrased with this command's flags.
+HINTS = {"allow_duplicates": "pass --allow-duplicates to accept it",
+         "skip_empty": "pass --skip-empty to skip empty records"}
+
+
 def main(argv: list[str]) -> int:
+    from bioseq.commands.common import SpooledInputs, check_input_file
+    from bioseq.errors import BioseqError
+    from bioseq.fasta import FastaError
+
     args = build_parser().parse_args(argv)
     alphabet = None if args.alphabet == "auto" else args.alphabet
+    for path in args.fasta:
+        check_input_file(path)
     results = []
-    for i, path in enumerate(args.fasta):
-        res = inspect_file(path, alphabet=alphabet, strict=args.strict, per_record=args.per_record,
-                           allow_duplicates=args.allow_duplicates, skip_empty=args.skip_empty,
-                           index=args.index)
-        results.append(res)
-        if not args.json:
-            if i:
-                print()
-            print(format_summary(res), flush=True)
+    with SpooledInputs(args.fasta) as spool:
+        if args.index and spool.paths != spool.names:
+            raise BioseqError("--index needs files, not standard input or a pipe")
+        for i, (path, name) in enumerate(zip(spool.paths, spool.names)):
+            try:
+                res = inspect_file(path, alphabet=alphabet, strict=args.strict, per_record=args.per_record,
+                                   allow_duplicates=args.allow_duplicates, skip_empty=args.skip_empty,
+                                   index=args.index)
+            except FastaError as err:
+                shown = None if path == name else ("<stdin>" if name == "-" else name)
+                raise err.with_hint(HINTS, path=shown) from None
+            if path != name:
+                res["path"] = "<stdin>" if name == "-" else name
+            results.append(res)
+            if not args.json:
+                if i:
+                    print()
+                print(format_summary(res), flush=True)
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()

@@ -29,6 +29,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from bioseq.commands.common import is_random_preset
 from bioseq.errors import BioseqError
 
 SUBCOMMANDS = {"pretrain": ("fit", "validate", "test"), "finetune": ("fit", "validate", "test", "predict")}
@@ -59,10 +60,10 @@ def verbose() -> bool:
     return os.environ.get("BIOSEQ_VERBOSE", "") not in ("", "0")
 
 
-def say(kind: str, message: str) -> None:
-    """One ``bioseq <kind>: message`` line on stderr (rank zero only)."""
+def say(prog: str, message: str) -> None:
+    """One ``<prog>: message`` line on stderr (rank zero only), e.g. ``bioseq pretrain: ...``."""
     if os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0":
-        print(f"bioseq {kind}: {message}", file=sys.stderr, flush=True)
+        print(f"{prog}: {message}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,15 +280,6 @@ def newest_last_checkpoint(root: Path) -> Path | None:
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def is_random_preset(spec) -> bool:
-    """A preset name (not a directory): the backbone starts from random weights."""
-    if not isinstance(spec, str) or Path(spec).is_dir():
-        return False
-    from bioseq.models import PRESETS
-
-    return spec in PRESETS
-
-
 def check_checkpoint(path: Path) -> None:
     """One line (BioseqError) for a ``--ckpt_path`` file that is not a readable, plain-data Lightning
     checkpoint: truncated, not a checkpoint, or a pickle naming objects that unpickling would call (it is
@@ -310,7 +302,16 @@ def check_checkpoint(path: Path) -> None:
 
 
 def _num_classes_of(dm) -> int:
-    """The class count of the data (outputs for regression): reads the splits the DataModule has."""
+    """The class count of the data (outputs for regression): reads the splits the DataModule has (after
+    ``prepare_data``, which downloads a dataset when asked to)."""
+    from urllib.error import URLError
+
+    try:
+        dm.prepare_data()
+    except (URLError, TimeoutError, ConnectionError) as err:
+        reason = getattr(err, "reason", None) or err
+        raise BioseqError(f"--data.download: cannot download the dataset ({reason}); without network, fetch "
+                          "it elsewhere and point --data.data_dir at it") from None
     last = None
     for stage in ("fit", "test", "predict"):
         try:
@@ -371,7 +372,7 @@ def _cli_class(kind: str, prog: str, config_paths: list[Path]):
                     raise BioseqError(f"--ckpt_path last: no {root}/version_*/checkpoints/last.ckpt yet "
                                       "(runs save there; give a checkpoint path instead)")
                 cfg.ckpt_path = str(found)
-                say(kind, f"resuming from {found}")
+                say(prog, f"resuming from {found}")
             elif ckpt and ckpt not in ("best", "hpc", "registry") and not Path(ckpt).is_file():
                 raise BioseqError(f"--ckpt_path {ckpt}: no such checkpoint file")
             if cfg.get("ckpt_path") and cfg.ckpt_path not in ("best", "hpc", "registry"):
@@ -383,7 +384,7 @@ def _cli_class(kind: str, prog: str, config_paths: list[Path]):
                 if scratch and not m.get("backbone_config"):
                     name = spec or m.get("preset")
                     flag = "--model.backbone" if spec else "--model.preset"
-                    say(kind, f"warning: {flag} {name} is a preset: the backbone starts from "
+                    say(prog, f"warning: {flag} {name} is a preset: the backbone starts from "
                               "random weights (give a checkpoint directory to finetune pretrained weights)")
             version = os.environ.get("BIOSEQ_RUN_VERSION")
             if version is None:  # DDP children re-run this command: they reuse rank zero's directory
@@ -409,14 +410,14 @@ def _cli_class(kind: str, prog: str, config_paths: list[Path]):
 
         def before_fit(self) -> None:
             if not self.trainer.fast_dev_run:
-                say(kind, f"run directory {self.run_dir} (checkpoints in {self.run_dir / 'checkpoints'}; "
+                say(prog, f"run directory {self.run_dir} (checkpoints in {self.run_dir / 'checkpoints'}; "
                           f"resume with --ckpt_path last)")
 
         def after_fit(self) -> None:
             trainer = self.trainer
             ckpt = trainer.checkpoint_callback
             if not trainer.fast_dev_run and ckpt is not None and ckpt.last_model_path:
-                say(kind, f"saved {ckpt.last_model_path} (step {trainer.global_step})")
+                say(prog, f"saved {ckpt.last_model_path} (step {trainer.global_step})")
             if kind != "finetune" or not self.config[self.subcommand].get("test_after_fit", True):
                 return
             dm = self.datamodule
@@ -430,11 +431,11 @@ def _cli_class(kind: str, prog: str, config_paths: list[Path]):
             if best and not trainer.fast_dev_run:
                 score = ckpt.best_model_score
                 value = f" {ckpt.monitor} {float(score):.4f}" if score is not None else ""
-                say(kind, f"testing the best validation checkpoint ({best}{',' if value else ''}{value})")
+                say(prog, f"testing the best validation checkpoint ({best}{',' if value else ''}{value})")
                 trainer.test(self.model, datamodule=dm, ckpt_path=best)
             else:
                 why = "fast_dev_run: " if trainer.fast_dev_run else ""
-                say(kind, f"testing the weights at the end of training ({why}step {trainer.global_step})")
+                say(prog, f"testing the weights at the end of training ({why}step {trainer.global_step})")
                 trainer.test(self.model, datamodule=dm, ckpt_path=None)
 
     return BioseqCLI

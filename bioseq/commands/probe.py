@@ -43,16 +43,29 @@ def main(argv: list[str]) -> int:
     p.add_argument("--metric", default="accuracy", help="metric reported in the table (accuracy, mcc, f1)")
     p.add_argument("--cv", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--name", help="dataset name in the table (default: the train file's parent directory)")
+    p.add_argument("--name", help="dataset name in the table (default: the dataset named in the train path, "
+                                  "else the train file's parent directory)")
     p.add_argument("--out", default="probe_results")
     a = p.parse_args(argv)
 
     import numpy as np
 
+    from bioseq.commands.common import is_random_preset, random_weights_warning
     from bioseq.datamodules.benchmark_files import read_file, read_labels_file
     from bioseq.errors import BioseqError
     from bioseq.finetune import probe
+    from bioseq.finetune.published import dataset_from_path, known_datasets
     from bioseq.finetune.suite import write_results
+
+    random_weights = False
+    embedded = bool(a.train_embeddings)
+    train_path, test_path = (a.train_embeddings, a.test_embeddings) if embedded else (a.train, a.test)
+    if train_path and test_path:
+        d_train, d_test = dataset_from_path(train_path), dataset_from_path(test_path)
+        if d_train and d_test and d_train != d_test and (a.name is None or a.name in known_datasets()):
+            raise BioseqError(f"--train is {d_train} but --test is {d_test}: a probe trains and tests on one "
+                              "dataset (for a transfer run, name it with --name, e.g. --name "
+                              f"{d_train}-to-{d_test}; published numbers are then not shown)")
 
     if a.train_embeddings or a.test_embeddings:
         if not (a.train_embeddings and a.test_embeddings):
@@ -70,13 +83,16 @@ def main(argv: list[str]) -> int:
             y_tr = np.asarray([lookup[v] for v in raw_tr])
             y_te = np.asarray([lookup[v] for v in raw_te])
         features = f"embeddings ({Path(a.train_embeddings).name}, {a.pooling})"
-        name = a.name or Path(a.train_embeddings).stem
+        name = a.name or dataset_from_path(a.train_embeddings) or Path(a.train_embeddings).stem
+        random_weights = _embeddings_are_random(a.train_embeddings)
     else:
         if not (a.train and a.test):
             raise BioseqError("give --train and --test (or --train-embeddings/--test-embeddings)")
         train, test = read_file(a.train), read_file(a.test)
+        _check_labels(train, a.train, a.cv)
+        _check_labels(test, a.test, None)
         y_tr, y_te = train.labels, test.labels
-        name = a.name or Path(a.train).resolve().parent.name
+        name = a.name or dataset_from_path(a.train) or Path(a.train).resolve().parent.name
         if a.features == "kmer":
             x_tr, x_te = probe.kmer_features(train.sequences, a.k), probe.kmer_features(test.sequences, a.k)
             features = f"{a.k}-mer LR"
@@ -85,13 +101,19 @@ def main(argv: list[str]) -> int:
                 raise BioseqError("--features embeddings needs --backbone (checkpoint dir or preset)")
             from bioseq.models import load_tokenizer_for, resolve_backbone
 
+            random_weights = is_random_preset(a.backbone)
+            if random_weights:
+                random_weights_warning("probe", a.backbone)
             backbone = resolve_backbone(a.backbone)
             tok = load_tokenizer_for(backbone)
             kw = dict(pooling=a.pooling, batch_size=a.batch_size, max_length=a.max_length)
             x_tr = probe.embedding_features(backbone, tok, train.sequences, **kw)
             x_te = probe.embedding_features(backbone, tok, test.sequences, **kw)
             features = f"probe {a.backbone} ({a.pooling})"
-    res = probe.fit_probe(x_tr, y_tr, x_te, y_te, cv=a.cv, seed=a.seed)
+    try:
+        res = probe.fit_probe(x_tr, y_tr, x_te, y_te, cv=a.cv, seed=a.seed)
+    except ValueError as err:  # scikit-learn's complaint about the labels or the folds, as one line
+        raise BioseqError(f"probe: {str(err).strip().splitlines()[0]}") from None
     if a.metric not in res:
         raise BioseqError(f"--metric {a.metric}: not computed (have {', '.join(sorted(res))})")
     row = {
@@ -102,8 +124,40 @@ def main(argv: list[str]) -> int:
         "value": res[a.metric],
         "best_val": res["cv_score"],
         "minutes": "",
+        "random_weights": random_weights,
         **res,
     }
     write_results([row], a.out, label=features, kmer=None, title="Linear probe results")
     print(Path(a.out, "results.md").read_text())
     return 0
+
+
+def _check_labels(data, path: str, cv: int | None) -> None:
+    """One line for a label the probe cannot use: an empty cell, or (train) a class too small for ``cv``
+    stratified folds."""
+    import numpy as np
+
+    from bioseq.errors import BioseqError
+
+    names = data.class_names or []
+    for k, name in enumerate(names):
+        if not str(name).strip():
+            row = int(np.flatnonzero(np.asarray(data.labels) == k)[0])
+            raise BioseqError(f"{path}: record {data.ids[row]} has an empty label")
+    if cv and data.labels.dtype.kind in "iu" and len(data.labels):
+        values, counts = np.unique(data.labels, return_counts=True)
+        small = counts.argmin()
+        if counts[small] < 2:
+            label = names[values[small]] if names else values[small]
+            raise BioseqError(f"{path}: class {label!r} has {counts[small]} example; the probe's stratified "
+                              "cross-validation needs at least 2 per class")
+
+
+def _embeddings_are_random(path: str) -> bool:
+    """Whether an embeddings file says its model had random weights (``random_weights`` metadata)."""
+    try:
+        from bioseq.embed import read_embeddings
+
+        return bool(read_embeddings(path, tokens=False)["metadata"].get("random_weights", False))
+    except Exception:  # noqa: BLE001 - the probe reads the file itself and reports problems there
+        return False
