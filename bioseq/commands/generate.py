@@ -6,6 +6,7 @@ Examples::
     bioseq generate -m runs/chem_export/ -n 1000 --max-new-tokens 128 --top-p 0.95 -o mols.smi
     bioseq generate -m dna_model/ --prompt ATGACC -n 10 --max-new-tokens 2000 -o samples.fa
     bioseq generate -m dna_model/ --prompt-file prompts.fa -n 5 --max-new-tokens 500 --top-k 3 -o out.fa
+    bioseq generate -m runs/chem/version_0/checkpoints/last.ckpt -n 100 --max-new-tokens 128 -o mols.smi
 
 Output: FASTA for DNA and protein models (ids ``sample_<i>``, or ``<prompt id>_sample_<i>`` with
 ``--prompt-file``), one SMILES per line for SMILES models (an empty line for an empty sample, so line
@@ -41,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                "  bioseq generate -m dna_dir/ --prompt-file prompts.fa -n 5 --max-new-tokens 500 -o out.fa",
         formatter_class=_Formatter)
     p.add_argument("-m", "--model", required=True,
-                   help="bioseq / released checkpoint directory, or a preset name (random weights)")
+                   help="bioseq / released checkpoint directory, a `bioseq pretrain` checkpoint (last.ckpt), "
+                        "or a preset name (random weights)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help="prompt text (DNA, protein or SMILES)")
     src.add_argument("--prompt-file", default=None,
@@ -75,9 +77,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_pretrain_checkpoint(path: Path):
+    """(backbone, tokenizer) of a ``bioseq pretrain`` Lightning checkpoint (``last.ckpt``): the backbone
+    config and tokenizer are plain data in its ``hyper_parameters``, the weights under ``backbone.`` in its
+    ``state_dict``. Read with ``torch.load(weights_only=True)``."""
+    import pickle
+
+    import torch
+
+    from bioseq import models
+    from bioseq.generate import GenerateError
+    from bioseq.tokenizers import tokenizer_from_config
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
+        raise GenerateError(f"{path}: not a readable PyTorch checkpoint ({type(err).__name__})") from None
+    hp = obj.get("hyper_parameters") if isinstance(obj, dict) else None
+    if not isinstance(hp, dict) or not hp.get("backbone_config") or not hp.get("tokenizer"):
+        raise GenerateError(f"{path}: not a bioseq pretrain checkpoint (no backbone_config and tokenizer in "
+                            "its hyper_parameters); give a model directory or a preset instead")
+    backbone = models.build_backbone(config=hp["backbone_config"])
+    state = {k.removeprefix("backbone."): v for k, v in obj.get("state_dict", {}).items()
+             if k.startswith("backbone.")}
+    backbone.load_converted_state_dict(state, strict=True, source=path)
+    backbone.weights_origin = str(path)
+    return backbone, tokenizer_from_config(hp["tokenizer"])
+
+
 def load_generator_model(spec: str, seed: int, tokenizer_path: str | None):
-    """(backbone, tokenizer) for a checkpoint directory or a preset; refuses models that cannot generate
-    and SMILES models without their saved vocabulary."""
+    """(backbone, tokenizer) for a checkpoint directory, a ``bioseq pretrain`` ``.ckpt`` file or a preset;
+    refuses models that cannot generate and SMILES models without their saved vocabulary."""
     import torch
 
     from bioseq import models
@@ -85,11 +115,15 @@ def load_generator_model(spec: str, seed: int, tokenizer_path: str | None):
     from bioseq.tokenizers import load_tokenizer
 
     torch.manual_seed(seed)   # presets: deterministic random weights
-    backbone = models.resolve_backbone(spec)
+    from_ckpt = str(spec).endswith(".ckpt") and Path(spec).is_file()
+    if from_ckpt:
+        backbone, tokenizer = load_pretrain_checkpoint(Path(spec))
+    else:
+        backbone = models.resolve_backbone(spec)
     check_generative(backbone)
     if tokenizer_path is not None:
         tokenizer = load_tokenizer(tokenizer_path)
-    else:
+    elif not from_ckpt:
         source = getattr(backbone, "_source_dir", None)
         saved = source is not None and (Path(source) / "tokenizer.json").is_file()
         if backbone.alphabet == "smiles" and not saved:

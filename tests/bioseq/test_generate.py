@@ -336,6 +336,29 @@ def test_cli_warns_once_about_random_weights(saved, tmp_path, capsys):
     assert code == 0, err
 
 
+def test_cli_reads_a_pretrain_checkpoint(saved, tmp_path, capsys):
+    """A ``bioseq pretrain`` last.ckpt: plain-data hyper_parameters + ``backbone.``-prefixed weights."""
+    model = models.load_backbone(saved["chem"])
+    tok = SmilesTokenizer.load(saved["vocab"])
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"global_step": 3, "hyper_parameters": {"backbone_config": model.config.to_dict(),
+                                                        "tokenizer": tok.to_dict(), "objective": "clm"},
+                "state_dict": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, ckpt)
+    from_dir, from_ckpt = tmp_path / "dir.smi", tmp_path / "ckpt.smi"
+    for spec, out in ((saved["chem"], from_dir), (ckpt, from_ckpt)):
+        code, _, err = generate_cli(capsys, "-m", spec, "-n", 5, "--max-new-tokens", 15, "-o", out)
+        assert code == 0, err
+        assert "warning" not in err
+    assert from_ckpt.read_text() == from_dir.read_text()
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("not a checkpoint\n")
+    code, _, err = generate_cli(capsys, "-m", bad, "-n", 1, "--max-new-tokens", 3, "-o", tmp_path / "x.smi")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a readable PyTorch checkpoint" in err
+    torch.save({"state_dict": {}}, bad)
+    code, _, err = generate_cli(capsys, "-m", bad, "-n", 1, "--max-new-tokens", 3, "-o", tmp_path / "x.smi")
+    assert code == 2 and "not a bioseq pretrain checkpoint" in err
+
+
 @pytest.mark.parametrize("spec, words", [
     ("hyenadna-tiny-1k", "no recurrent state"),
     ("caduceus-ps-tiny", "not causal"),
