@@ -351,6 +351,16 @@ def test_kernel_state_passing(kernels):
 
 
 @needs_kernels
+def test_kernel_opcheck(kernels):
+    """torch.library's own checks of the custom op: schema, fake tensor kernel, autograd registration."""
+    args = make_inputs(1, 4, 6, 3, 2, torch.float32, True, extras=False)
+    u, delta, A, B, C, h0 = (args[k].to(DEVICE).requires_grad_() for k in ("u", "delta", "A", "B", "C",
+                                                                            "initial_state"))
+    torch.library.opcheck(torch.ops.bioseq.selective_scan_fwd.default, (u, delta.abs(), A, B, C, h0, 4),
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+
+
+@needs_kernels
 def test_kernel_rejects_float64(kernels):
     args = {k: v.to(DEVICE) for k, v in make_inputs(dtype=torch.float64).items()}
     with pytest.raises(ValueError, match="fp32, fp16 or bf16"):

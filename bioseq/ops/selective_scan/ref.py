@@ -169,22 +169,24 @@ def _from_time_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2) if x.dim() == 3 else x.permute(0, 3, 2, 1)
 
 
-def _scan_segment(P, h, dseg, duseg, Bseg, state):
-    """Scan one segment in place.
+def _scan_segment(a, P, h, duseg, Bseg, state):
+    """Scan one segment.
 
-    P holds the decays a[t] = exp(delta[t] A) on entry and their within-block running products
-    a[0] * ... * a[t] on return; h becomes the states. P, h: [batch, nc, T, N, dim]; dseg, duseg
-    [batch, nc, T, dim] (delta and delta * u); Bseg [batch, nc, T, N, G]; state [batch, N, dim]
-    (entering the segment). Returns (state entering each block [batch, nc, N, dim], state after the
-    segment).
+    a: the decays a[t] = exp(delta[t] A); P receives their within-block running products
+    a[0] * ... * a[t] (P may be a itself: then a is overwritten); h receives the states. a, P, h:
+    [batch, nc, T, N, dim]; duseg [batch, nc, T, dim] (delta * u); Bseg [batch, nc, T, N, G]; state
+    [batch, N, dim] (entering the segment). Returns (state entering each block [batch, nc, N, dim],
+    state after the segment).
     """
     batch, nc, T, N, dim = h.shape
     groups = Bseg.shape[-1]
     torch.mul(duseg.unflatten(-1, (groups, -1)).unsqueeze(3), Bseg.unsqueeze(-1),
               out=h.view(batch, nc, T, N, groups, dim // groups))             # x[t] = delta[t] u[t] B[t]
+    if P is not a:
+        P[:, :, 0] = a[:, :, 0]
     for t in range(1, T):                                                      # every block from a zero state
-        h[:, :, t].addcmul_(P[:, :, t], h[:, :, t - 1])
-        P[:, :, t].mul_(P[:, :, t - 1])
+        h[:, :, t].addcmul_(a[:, :, t], h[:, :, t - 1])
+        torch.mul(a[:, :, t], P[:, :, t - 1], out=P[:, :, t])
     starts = h.new_empty(batch, nc, N, dim)
     for c in range(nc):                                                        # carry across blocks
         starts[:, c] = state
@@ -226,7 +228,7 @@ class _BlockedScan(torch.autograd.Function):
             torch.mul(d_t[:, c0:c1].unsqueeze(3), At, out=P)
             P.exp_()
             seg_starts.append(state)
-            _, state = _scan_segment(P, h, d_t[:, c0:c1], du_t[:, c0:c1], B_t[:, c0:c1], state)
+            _, state = _scan_segment(P, P, h, du_t[:, c0:c1], B_t[:, c0:c1], state)
             prod = torch.mul(h.unflatten(-1, (groups, -1)), C_t[:, c0:c1].unsqueeze(-1),
                              out=P.view(*shape[:4], groups, dim // groups))
             torch.sum(prod, 3, out=y_t[:, c0:c1].unflatten(-1, (groups, -1)))
@@ -260,8 +262,7 @@ class _BlockedScan(torch.autograd.Function):
             Bseg, Cseg = B_t[:, c0:c1], C_t[:, c0:c1]
             torch.mul(dseg.unsqueeze(3), At, out=a)
             a.exp_()
-            P.copy_(a)
-            starts, _ = _scan_segment(P, h, dseg, duseg, Bseg, seg_starts[i])
+            starts, _ = _scan_segment(a, P, h, duseg, Bseg, seg_starts[i])
             # mu[t] = dL/dh[t] = C[t] gy[t] + a[t+1] mu[t+1]: within each block from zero, then the carry.
             mu_g, h_g = mu.unflatten(-1, (groups, -1)), h.unflatten(-1, (groups, -1))
             torch.mul(gseg.unflatten(-1, (groups, -1)).unsqueeze(3), Cseg.unsqueeze(-1), out=mu_g)

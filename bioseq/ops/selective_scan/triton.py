@@ -158,10 +158,14 @@ def _interpreting() -> bool:
     return bool(triton.knobs.runtime.interpret)
 
 
-def _config(Dg: int, N: int) -> tuple[int, int]:
-    """(BD, NP): channels per program (a power of two, BD * NP <= 2048 state values) and padded N."""
+def _config(batch: int, G: int, Dg: int, N: int) -> tuple[int, int]:
+    """(BD, NP): channels per program and N padded to a power of two. BD is a power of two with
+    BD * NP <= 2048 state values in registers, halved (down to 8) while there are fewer than ~256
+    programs, so that small batches still fill the GPU."""
     NP = max(2, triton.next_power_of_2(N))
     BD = max(1, min(64, triton.next_power_of_2(Dg), 2048 // NP))
+    while BD > 8 and batch * G * triton.cdiv(Dg, BD) < 256:
+        BD //= 2
     return BD, NP
 
 
@@ -183,7 +187,7 @@ def selective_scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     if batch * dim == 0:
         return y, last, ckpt
     Dg = dim // G
-    BD, NP = _config(Dg, N)
+    BD, NP = _config(batch, G, Dg, N)
     n_blocks = triton.cdiv(Dg, BD)
     h0c = h0.contiguous() if h0 is not None else last
     _ss_fwd_kernel[(batch, G * n_blocks)](
@@ -220,7 +224,7 @@ def selective_scan_bwd(gy: torch.Tensor, glast: torch.Tensor, u: torch.Tensor, d
         return (du, ddelta, torch.zeros(dim, N, **f32), torch.zeros(batch, G, N, L, **f32),
                 torch.zeros(batch, G, N, L, **f32), glast.float().clone())
     Dg = dim // G
-    BD, NP = _config(Dg, N)
+    BD, NP = _config(batch, G, Dg, N)
     n_blocks = triton.cdiv(Dg, BD)
     dA_part = torch.empty(batch, dim, N, **f32)
     dB_part = torch.empty(batch, G * n_blocks, N, L, **f32)
