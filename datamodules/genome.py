@@ -51,6 +51,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 
+from bioseq.alphabets import FASTA_ALPHABETS
 from bioseq.datamodules.collate import EpochDataLoader, ShardedIterable, check_positive, trainer_loader
 from bioseq.errors import BioseqError, locate
 from bioseq.fasta import FastaError, IndexedFasta, cache_root, detect_compression, ensure_index
@@ -70,6 +71,10 @@ _SPLIT_NAMES = {
     "test": "test",
 }
 _NOT_ACGT = bytes(0 if chr(b) in "ACGTacgt" else 1 for b in range(256))
+#: Letters the DNA tokenizer accepts (ACGTN, IUPAC codes, U; either case): 0 = accepted, 1 = not.
+_DNA_OK = FASTA_ALPHABETS["dna"] + "U"
+_NOT_DNA = bytes(0 if chr(b).upper() in _DNA_OK and chr(b).isalpha() else 1 for b in range(256))
+_PROTEIN_ONLY = set("EFILPQ*")  # amino-acid letters that are no DNA code
 
 
 # ----------------------------------------------------------------------------------------------- files
@@ -119,6 +124,16 @@ def _open_indexed(original: Path, indexable: Path) -> IndexedFasta:
         if indexable == original:
             raise
         raise BioseqError(str(exc).replace(str(indexable), f"{original} (decompressed copy)")) from None
+
+
+def _raise_not_dna(path, record: str, pos0: int, char: str, chunk: bytes) -> None:
+    shown = repr(char) if char.isprintable() and char.strip() else f"byte {ord(char):#04x}"
+    hint = ""
+    if _PROTEIN_ONLY & set(chunk[:4096].decode("ascii", "replace").upper()):
+        hint = (" (this looks like protein: use bioseq.datamodules.protein.ProteinDataModule, e.g. "
+                "--config hyena-tiny-protein-ecoli)")
+    raise BioseqError(f"{locate(path, record, position=pos0 + 1)}: invalid DNA character {shown}; "
+                      f"allowed: ACGTN, IUPAC codes RYSWKMBDHV, U (either case){hint}")
 
 
 def _open_text(path: Path):
@@ -221,7 +236,11 @@ class NMap:
         return int(sum(c[-1] for c in self.cum.values()))
 
     @classmethod
-    def scan(cls, fasta: IndexedFasta, names: list[str], chrom_ids: list[int], chunk: int = 1 << 22) -> NMap:
+    def scan(cls, fasta: IndexedFasta, names: list[str], chrom_ids: list[int], chunk: int = 1 << 22,
+             check: str | os.PathLike | None = None) -> NMap:
+        """N runs of the chromosomes ``chrom_ids``. With ``check`` (the FASTA's name in messages), the same
+        pass also checks every base against the DNA alphabet and raises a :class:`BioseqError` naming the
+        record and 1-based position of the first character the tokenizer would refuse."""
         runs = {}
         for ci in chrom_ids:
             name = names[ci]
@@ -229,7 +248,13 @@ class NMap:
             starts, ends = [], []
             for a in range(0, n, chunk):
                 b = min(n, a + chunk)
-                raw = fasta.fetch(name, a, b).encode("ascii").translate(_NOT_ACGT)
+                text = fasta.fetch(name, a, b).encode("ascii", "replace")
+                if check is not None:
+                    bad = text.translate(_NOT_DNA).find(1)
+                    if bad >= 0:
+                        _raise_not_dna(check, name, a + bad, text[bad:bad + 1].decode("ascii", "replace"),
+                                       text)
+                raw = text.translate(_NOT_ACGT)
                 if raw.find(1) < 0:
                     continue
                 d = np.diff(np.frombuffer(raw, dtype=np.int8), prepend=np.int8(0), append=np.int8(0))
@@ -522,12 +547,16 @@ class GenomeDataModule(pl.LightningDataModule):
         if self.fasta is not None:
             return
         path = indexable_fasta(self.fasta_path)
-        self.fasta = _open_indexed(self.fasta_path, path)
-        self.names = list(self.fasta.names)
+        fasta = _open_indexed(self.fasta_path, path)
+        names = list(fasta.names)
+        # One pass over every record: the alphabet is checked before anything else (a protein FASTA or a
+        # stray character is named here, not as an empty split or when a window is first read), and the
+        # N runs are mapped on the way.
+        n_map = NMap.scan(fasta, names, list(range(len(names))), check=self.fasta_path)
+        self.fasta, self.names = fasta, names
         self.regions = self._build_regions()
-        used = sorted({int(c) for r in self.regions.values() for c in np.unique(r.chrom)})
         if self.max_n_fraction < 1.0:
-            self.n_map = NMap.scan(self.fasta, self.names, used)
+            self.n_map = n_map
 
     def _build_regions(self) -> dict[str, Regions]:
         lengths = self.fasta.lengths
