@@ -96,7 +96,7 @@ class XLSTMConfig(BackboneConfig):
 
     ``vocab_size`` rows of the embedding (rounded up to ``pad_vocab_size_multiple``; the references do
     not pad). ``slstm_at`` lists the blocks that are sLSTM blocks (with a gated FFN); the rest are mLSTM
-    blocks. ``max_length`` is informational (None = no limit).
+    blocks. ``max_length`` records the training context (informational: the model takes any length).
     """
 
     d_model: int = 128
@@ -587,7 +587,8 @@ class XLSTM(Backbone):
 
     @property
     def max_length(self) -> int | None:
-        return self.config.max_length
+        """None: no limit (``config.max_length`` records the training context only)."""
+        return None
 
     @torch.no_grad()
     def reset_parameters(self) -> None:

@@ -23,6 +23,8 @@ from tests.models import toy_recurrent
 if "toy-recurrent" not in models.ARCHITECTURES:
     models.register(toy_recurrent.FAMILY)
 
+_XLSTM = dict(arch="xlstm", d_model=32, n_layer=2, num_heads=2, chunk_size=8, round_proj_up_to_multiple_of=16,
+              ffn_round_proj_up_to_multiple_of=16)
 TINY_CONFIGS: dict[str, dict] = {
     "hyena": dict(arch="hyena", d_model=32, n_layer=2, l_max=160, filter_order=16, embed_dropout=0.0),
     "mamba1": dict(arch="mamba", d_model=32, n_layer=2, d_state=8),
@@ -33,6 +35,10 @@ TINY_CONFIGS: dict[str, dict] = {
     "toy-recurrent": dict(arch="toy-recurrent", d_model=16, n_layer=2, chunk=16),
     "toy-recurrent-untied": dict(arch="toy-recurrent", d_model=16, n_layer=1, chunk=7,
                                  tie_word_embeddings=False),
+    "xlstm": _XLSTM,
+    "xlstm-slstm": {**_XLSTM, "slstm_at": [1], "rope": "head"},
+    "xlstm-bidir": {**_XLSTM, "slstm_at": [1], "rope": "head", "bidirectional": True},
+    "xlstm-rcps": {**_XLSTM, "slstm_at": [1], "bidirectional": True, "rcps": True},
 }
 CASES = sorted(TINY_CONFIGS)
 TOL = 1e-5
