@@ -24,6 +24,8 @@ SEP, PAD, MASK, CLS = 1, 4, 3, 0
 TINY = {
     "hyena": dict(arch="hyena", d_model=16, n_layer=1, d_inner=32, l_max=96, filter_order=8),
     "mamba": dict(arch="mamba", d_model=16, n_layer=1, d_state=4),
+    "xlstm": dict(arch="xlstm", d_model=16, n_layer=1, num_heads=2, vocab_size=12, max_length=128,
+                  chunk_size=8),
     "caduceus-ph": dict(arch="caduceus", d_model=16, n_layer=1, d_state=4, rcps=False),
 }
 
@@ -83,7 +85,7 @@ def toy_pool(n: int = 12, length: int = 6, seed: int = 0):
     return seqs, np.arange(n) % 2
 
 
-@pytest.mark.parametrize("case", ["hyena", "mamba", "caduceus-ph"])
+@pytest.mark.parametrize("case", sorted(TINY))
 def test_kshot_scores_are_the_label_logits_at_the_answer_position(case):
     backbone = tiny(case)
     seqs, labels = toy_pool()

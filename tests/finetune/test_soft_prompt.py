@@ -24,6 +24,7 @@ TINY = {
     "xlstm": dict(arch="xlstm", d_model=16, n_layer=1, num_heads=2, vocab_size=12, max_length=64,
                   chunk_size=8),
     "caduceus-ph": dict(arch="caduceus", d_model=16, n_layer=1, d_state=4, rcps=False),
+    "caduceus-ps": dict(arch="caduceus", d_model=8, n_layer=1, d_state=4, rcps=True),  # embeddings 2 x d
 }
 TOK = DnaTokenizer()
 A, N = TOK.token_to_id("A"), TOK.token_to_id("N")
@@ -72,7 +73,7 @@ def test_label_restricted_argmax_ignores_other_tokens():
     assert logits.argmax(-1).tolist() == [8, 9]
 
 
-@pytest.mark.parametrize("case", ["hyena", "mamba", "xlstm", "caduceus-ph"])
+@pytest.mark.parametrize("case", sorted(TINY))
 def test_frozen_backbone_is_bit_identical_and_gets_no_gradient(case):
     backbone = tiny(case)
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
