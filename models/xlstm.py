@@ -766,6 +766,74 @@ class XLSTM(Backbone):
 
 
 # --------------------------------------------------------------------------------------------------
+# Prot-xLSTM data layout: homolog contexts with per-protein positions, fill-in-the-middle
+# --------------------------------------------------------------------------------------------------
+
+
+def fim_spans(length: int, rng, max_spans: int = 5, mask_fraction: float = 0.2,
+              always_mask: bool = True) -> list[tuple[int, int]]:
+    """Random spans [start, end) to move for one protein of ``length`` tokens (its first token, the
+    <cls>, is never masked): the number of spans ~ Poisson(1) (at most ``max_spans``; at least 1 with
+    ``always_mask``), sorted distinct starts in 1..length-1, each span 1 to ``mask_fraction`` of the room
+    before the next start long. ``rng``: a ``numpy.random.Generator``."""
+    n = max_spans + 1
+    while n > max_spans:
+        n = int(rng.poisson(1.0))
+    if always_mask:
+        n = max(n, 1)
+    n = min(n, length - 1)
+    starts = sorted(int(s) for s in rng.choice(range(1, length), size=n, replace=False)) + [length]
+    spans = []
+    for a, nxt in zip(starts[:-1], starts[1:]):
+        room = nxt - a
+        spans.append((a, a + min(int(rng.integers(1, max(int(room * mask_fraction), 2))), room)))
+    return spans
+
+
+def fim_layout(ids: list[int], spans: list[tuple[int, int]], mask_ids: list[int], eos_id: int,
+               max_position: int = 2047) -> tuple[list[int], list[int]]:
+    """Fill-in-the-middle layout of one protein (``ids`` start with its <cls>; positions count from it).
+
+    Span k [start, end) is replaced by ``mask_ids[k]`` at position ``start``; after the unmasked part come
+    ``eos_id`` (position 0) and, per span, ``mask_ids[k]`` (position ``start``) then the span's tokens at
+    their original positions. Without spans the protein is unchanged. Positions are clamped to
+    ``max_position``. Returns (ids, position_ids)."""
+    if len(spans) > len(mask_ids):
+        raise BioseqError(f"fim_layout: {len(spans)} spans but only {len(mask_ids)} mask tokens")
+    head, head_pos, tail, tail_pos = [], [], [], []
+    cursor = 0
+    for k, (a, b) in enumerate(spans):
+        if not cursor <= a < b <= len(ids) or a == 0:
+            raise BioseqError(f"fim_layout: span {k} = [{a}, {b}) is not inside 1..{len(ids)} after the "
+                              "previous span")
+        head += ids[cursor:a] + [mask_ids[k]]
+        head_pos += list(range(cursor, a)) + [a]
+        tail += [mask_ids[k]] + ids[a:b]
+        tail_pos += [a] + list(range(a, b))
+        cursor = b
+    head += ids[cursor:]
+    head_pos += list(range(cursor, len(ids)))
+    if spans:
+        head, head_pos = head + [eos_id], head_pos + [0]
+    return head + tail, [min(p, max_position) for p in head_pos + tail_pos]
+
+
+def homolog_context(proteins: list[list[int]], spans: list[list[tuple[int, int]]] | None = None, *,
+                    mask_ids: list[int] = (33, 34, 35, 36, 37), eos_id: int = 2,
+                    max_position: int = 2047) -> tuple[list[int], list[int]]:
+    """Concatenate proteins (each starting with its <cls>) into one context with positions restarting at
+    every protein, optionally in the fill-in-the-middle layout (``spans[i]`` for protein i; default ids
+    are Prot-xLSTM's). Returns (input_ids, position_ids) to pass as ``input_ids`` / ``position_ids``."""
+    ids_out, pos_out = [], []
+    for i, protein in enumerate(proteins):
+        ids, pos = fim_layout(list(protein), [] if spans is None else spans[i], list(mask_ids), eos_id,
+                              max_position)
+        ids_out += ids
+        pos_out += pos
+    return ids_out, pos_out
+
+
+# --------------------------------------------------------------------------------------------------
 # Foreign layouts: the ``xlstm`` package, DNA-xLSTM, Prot-xLSTM
 # --------------------------------------------------------------------------------------------------
 

@@ -276,3 +276,33 @@ def test_config_rejects_unknown_and_inconsistent_fields():
         XLSTMConfig(n_layer=2, slstm_at=[2])
     with pytest.raises(BioseqError, match="rcps_reference_slstm_norm"):
         XLSTMConfig(rcps_reference_slstm_norm=True)
+
+
+def test_fim_layout_reproduces_the_prot_xlstm_collator(shared):
+    """Rebuild the fixture's first context (3 proteins, spans read off the fixture) with homolog_context."""
+    from bioseq.models.xlstm import homolog_context
+
+    fx = _fixture(shared, "fixture_protxlstm_tiny.pt")
+    token_id = {t: int(i) for i, t in fx["id_to_token"].items()}
+    proteins = [[0] + [token_id[a] for a in seq] for seq in fx["protein_strings"][0]]
+    proteins = [proteins[0], proteins[2], proteins[1]]          # the order the collator drew
+    ids, pos = homolog_context(proteins, [[(5, 6), (17, 21)], [(51, 52)], []])
+    assert ids[:128] == fx["input_ids"][0].tolist()
+    assert pos[:128] == fx["position_ids"][0].tolist()
+
+
+def test_fim_spans_are_valid():
+    import numpy as np
+
+    from bioseq.models.xlstm import fim_layout, fim_spans
+
+    rng = np.random.default_rng(0)
+    for length in (2, 5, 40, 300):
+        for _ in range(20):
+            spans = fim_spans(length, rng)
+            assert 1 <= len(spans) <= 5
+            assert all(1 <= a < b <= length for a, b in spans)
+            assert all(b1 <= a2 for (_, b1), (a2, _) in zip(spans, spans[1:]))
+            ids = list(range(100, 100 + length))
+            out, pos = fim_layout(ids, spans, [33, 34, 35, 36, 37], 2)
+            assert sorted(t for t in out if t >= 100) == ids and len(out) == len(pos)
