@@ -94,25 +94,21 @@ class Sample:
 # --------------------------------------------------------------------------------------------------
 
 
-def _generative_families() -> str:
-    """Families whose backbones can carry a state (for the refusal message)."""
-    from bioseq import models
-
-    names = [f.arch for f in models.FAMILIES if getattr(f.module, "supports_state", False) is not False]
-    return ", ".join(names) if names else "none registered"
-
-
-def check_generative(backbone) -> None:
-    """Raise :class:`GenerateError` unless ``backbone`` is causal and carries a recurrent state."""
+def check_generative(backbone, families: str = "") -> None:
+    """Raise :class:`GenerateError` unless ``backbone`` is causal and carries a recurrent state.
+    ``families`` (e.g. ``"mamba, xlstm"``) names the families that can generate, for the message."""
     arch = getattr(getattr(backbone, "config", None), "arch", type(backbone).__name__)
     if not getattr(backbone, "causal", False):
         raise GenerateError(f"this '{arch}' backbone is not causal (bidirectional or reverse-complement: "
                             "every position sees the whole sequence), so it cannot generate left to right; "
-                            f"use a causal model of a family with a state ({_generative_families()})")
+                            "use a causal model of a family with a recurrent state"
+                            + (f" ({families})" if families else ""))
     if not getattr(backbone, "supports_state", False):
         raise GenerateError(f"this '{arch}' backbone has no recurrent state (each new token would need a "
                             "forward over the whole sequence), so bioseq generate cannot sample from it; "
-                            f"families that can generate: {_generative_families()} (causal configs)")
+                            "families that can generate: "
+                            + (f"{families} (causal configs)" if families else "those with a recurrent "
+                               "state"))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -77,6 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def generative_families() -> str:
+    """The registered families whose backbones can carry a recurrent state, e.g. ``"mamba, xlstm"``."""
+    from bioseq import models
+
+    stateful = [f.arch for f in models.FAMILIES if getattr(f.module, "supports_state", False) is not False]
+    return ", ".join(stateful)
+
+
 def load_pretrain_checkpoint(path: Path):
     """(backbone, tokenizer) of a ``bioseq pretrain`` Lightning checkpoint (``last.ckpt``): the backbone
     config and tokenizer are plain data in its ``hyper_parameters``, the weights under ``backbone.`` in its
@@ -120,7 +128,7 @@ def load_generator_model(spec: str, seed: int, tokenizer_path: str | None):
         backbone, tokenizer = load_pretrain_checkpoint(Path(spec))
     else:
         backbone = models.resolve_backbone(spec)
-    check_generative(backbone)
+    check_generative(backbone, generative_families())
     if tokenizer_path is not None:
         tokenizer = load_tokenizer(tokenizer_path)
     elif not from_ckpt:
@@ -221,6 +229,8 @@ def main(argv: list[str]) -> int:
         raise GenerateError(f"-n/--num-samples must be >= 1, got {args.num_samples}")
     out = args.output
     if out != "-":
+        if Path(out).is_dir():
+            raise GenerateError(f"{out} is a directory; -o takes a file name")
         if Path(out).exists() and not args.overwrite:
             raise GenerateError(f"{out} exists; pass --overwrite to replace it")
         if not Path(out).resolve().parent.is_dir():

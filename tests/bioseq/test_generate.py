@@ -218,10 +218,13 @@ def test_a_state_without_rows_on_dim0_gives_the_same_samples():
 
 @pytest.mark.parametrize("preset", ["hyenadna-tiny-1k", "caduceus-ph-tiny", "dna-xlstm-tiny-bidir"])
 def test_models_that_cannot_generate_are_refused(preset):
+    from bioseq.commands.generate import generative_families
+
+    assert generative_families() == "mamba, xlstm"
     model = models.build_backbone(preset=preset)
     with pytest.raises(GenerateError, match="mamba, xlstm"):
-        gen.check_generative(model)
-    with pytest.raises(GenerateError):
+        gen.check_generative(model, generative_families())
+    with pytest.raises(GenerateError, match="recurrent state"):
         list(gen.generate(model, DNA, [[7]], 1, SamplingOptions(3)))
 
 
@@ -361,6 +364,7 @@ def test_cli_reads_a_pretrain_checkpoint(saved, tmp_path, capsys):
 
 @pytest.mark.parametrize("spec, words", [
     ("hyenadna-tiny-1k", "no recurrent state"),
+    ("hyenadna-tiny-1k", "families that can generate: mamba, xlstm"),
     ("caduceus-ps-tiny", "not causal"),
     ("dna-xlstm-tiny-bidir", "not causal"),
     ("chem_no_vocab", "tokenizer.json"),
