@@ -42,7 +42,9 @@ Bio-xLSTM options:
   gates, which see the rotated q, k.
 * ``bidirectional``: every block runs as ``block(x) + flip(block(flip(x)))`` with shared weights, the flip
   taken within each sequence's length (``attention_mask``; right padding never enters the flipped pass);
-  ``bidirectional_alternating``: even blocks run on the flipped sequence, odd blocks forward.
+  ``bidirectional_alternating``: even blocks run on the flipped sequence, odd blocks forward;
+  ``mlstm_bidirectional="native"``: mLSTM blocks run once with a two-sided decay matrix (quadratic; the
+  reference's parallel-backend option).
 * ``rcps``: reverse-complement parameter sharing. The hidden state is ``[h | flip_LC(h_rc)]`` (2 x d_model)
   where ``h`` and ``h_rc`` are the same network run on the sequence and on its reverse complement; the
   model is exactly RC-equivariant. ``rcps_reference_slstm_norm`` reproduces the released DNA-xLSTM PS
@@ -129,6 +131,8 @@ class XLSTMConfig(BackboneConfig):
     # direction and reverse complement
     bidirectional: bool = False
     bidirectional_alternating: bool = False
+    mlstm_bidirectional: str = "shared"       # mLSTM blocks of a bidirectional model: "shared" (flip),
+                                              # "native" (two-sided decay, quadratic), "causal" (forward)
     rcps: bool = False
     rcps_reference_slstm_norm: bool = False   # released DNA-xLSTM PS behaviour (not RC-equivariant)
     rc_conjoin: bool = False
@@ -164,6 +168,9 @@ class XLSTMConfig(BackboneConfig):
             raise BioseqError("XLSTMConfig: choose one of rcps and rc_conjoin")
         if self.rcps_reference_slstm_norm and not self.rcps:
             raise BioseqError("XLSTMConfig: rcps_reference_slstm_norm needs rcps=True")
+        if self.mlstm_bidirectional not in ("shared", "native", "causal"):
+            raise BioseqError(f"XLSTMConfig: mlstm_bidirectional must be shared, native or causal, got "
+                              f"{self.mlstm_bidirectional!r}")
         if self.bidirectional_alternating and not self.bidirectional:
             raise BioseqError("XLSTMConfig: bidirectional_alternating needs bidirectional=True")
         if self.complement_map is not None and len(self.complement_map) != self.padded_vocab_size:
@@ -318,6 +325,32 @@ def flip_within(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     return x.gather(1, idx)
 
 
+def mlstm_parallel_bidirectional(q, k, v, igate, fgate, lengths=None, eps: float = 1e-6) -> torch.Tensor:
+    """Native bidirectional mLSTM (DNA-xLSTM's "m_backend_bidirectional"), quadratic in L.
+
+    q, k, v [B, NH, L, DH]; igate, fgate [B, NH, L]; lengths [B] or None (keys beyond a row's length are
+    left out). With lf = logsigmoid(f): log D[t, s] = i_s + sum_{u=s+1..t} lf_u for s <= t and
+    i_s + sum_{u=t..s-1} lf_u for s > t, stabilised by its row maximum m_t; h_t = sum_s (q_t . k_s /
+    sqrt(DH)) D[t, s] v_s / (max(|row sum|, exp(-m_t)) + eps). Returns h [B, NH, L, DH]."""
+    L, DH = q.shape[-2:]
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    q, k, v, igate, fgate = (x.to(ct) for x in (q, k, v, igate, fgate))
+    lf = F.logsigmoid(fgate)
+    c = lf.cumsum(-1)
+    t = torch.arange(L, device=q.device)
+    lower = t[:, None] >= t[None, :]                                           # s <= t
+    fwd = c[..., :, None] - c[..., None, :]
+    bwd = (c - lf)[..., None, :] - (c - lf)[..., :, None]
+    log_d = torch.where(lower, fwd, bwd) + igate[..., None, :]
+    if lengths is not None:
+        keep = t[None, :] < lengths[:, None]                                   # [B, L] keys
+        log_d = log_d.masked_fill(~keep[:, None, None, :], float("-inf"))
+    m = log_d.amax(-1, keepdim=True)
+    scores = (q @ k.transpose(-1, -2)) * (DH ** -0.5) * torch.exp(log_d - m)
+    normaliser = torch.maximum(scores.sum(-1, keepdim=True).abs(), torch.exp(-m)) + eps
+    return ((scores / normaliser) @ v).to(v.dtype)
+
+
 # --------------------------------------------------------------------------------------------------
 # Mixers
 # --------------------------------------------------------------------------------------------------
@@ -388,10 +421,14 @@ class MLSTMLayer(nn.Module):
         h = head_norm(h.transpose(1, 2), self.outnorm_weight, self.norm_eps) + self.skip * xc.transpose(1, 2)
         return self.dropout(self.proj_down(h * F.silu(z)))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, state: dict | None = None, **_):
-        """x [B, L, D], positions [B, L] (RoPE); state None or {"conv", "cell"}. Returns (y, new state)."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, state: dict | None = None,
+                native_lengths=False, **_):
+        """x [B, L, D], positions [B, L] (RoPE); state None or {"conv", "cell"}. Returns (y, new state).
+        ``native_lengths`` (False, None or lengths [B]): run the two-sided (native bidirectional) cell."""
         xc, z, q, k, v, i, f, window = self._branches(x, positions, None if state is None else state["conv"])
-        if state is None:
+        if native_lengths is not False:
+            h, new = mlstm_parallel_bidirectional(q, k, v, i, f, native_lengths, self.eps), None
+        elif state is None:
             h, new = mlstm(q, k, v, i, f, chunk_size=self.chunk_size, eps=self.eps), None
         else:
             h, cell = mlstm(q, k, v, i, f, chunk_size=self.chunk_size, initial_state=state["cell"],
@@ -509,8 +546,9 @@ class Block(nn.Module):
         else:
             self.ffn_norm = self.ffn = None
 
-    def forward(self, x, positions, state=None, flip_head_rows=None):
-        y, new = self.mixer(self.norm(x), positions=positions, state=state, flip_head_rows=flip_head_rows)
+    def forward(self, x, positions, state=None, flip_head_rows=None, native_lengths=False):
+        y, new = self.mixer(self.norm(x), positions=positions, state=state, flip_head_rows=flip_head_rows,
+                            native_lengths=native_lengths)
         x = x + y
         if self.ffn is not None:
             x = x + self.ffn(self.ffn_norm(x))
@@ -680,6 +718,10 @@ class XLSTM(Backbone):
                     x = flip_within(block(flip_within(x, lengths), positions, None, compat)[0], lengths)
                 else:
                     x = block(x, positions, None, compat)[0]
+            elif block.kind == "mlstm" and c.mlstm_bidirectional == "native":
+                x = block(x, positions, None, compat, native_lengths=lengths)[0]
+            elif block.kind == "mlstm" and c.mlstm_bidirectional == "causal":
+                x = block(x, positions, None, compat)[0]
             else:
                 both = torch.cat([x, flip_within(x, lengths)], dim=0)
                 rows = None if compat is None else torch.cat([compat, compat])
@@ -985,7 +1027,6 @@ def config_from_dna_xlstm(d: dict, **overrides) -> XLSTMConfig:
     if isinstance(d.get("config"), dict):            # hydra model config: {"_name_": ..., "config": {...}}
         d = d["config"]
     _check_supported("DNA-xLSTM config", {
-        "m_backend_bidirectional": d.get("m_backend_bidirectional", False),
         "s_position_embeddings": d.get("s_position_embeddings", False),
         "m_conv1d_causal=false": not d.get("m_conv1d_causal", True),
         "s_conv1d_causal=false": not d.get("s_conv1d_causal", True)})
@@ -1009,6 +1050,10 @@ def config_from_dna_xlstm(d: dict, **overrides) -> XLSTMConfig:
         rope="head" if d.get("m_position_embeddings", False) else "none", rope_base=500000.0,
         max_length=d.get("max_length"), bidirectional=bool(d.get("bidirectional", False)),
         bidirectional_alternating=bool(d.get("bidirectional_alternating", False)),
+        # the reference's native bidirectional mLSTM exists in its parallel backend only; its chunkwise
+        # backend ignores the flag and runs those blocks forward only
+        mlstm_bidirectional=("shared" if not d.get("m_backend_bidirectional", False) else
+                             "native" if d.get("m_backend", "parallel") == "parallel" else "causal"),
         rcps=bool(d.get("rcps", False)), rcps_reference_slstm_norm=bool(d.get("rcps", False)),
         complement_map=complement, tie_word_embeddings=bool(d.get("tie_weights", False)),
         dropout=float(d.get("dropout", 0.0)), alphabet="dna",

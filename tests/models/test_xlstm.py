@@ -74,6 +74,7 @@ DNA_CASES = {  # id: (file, variant, sLSTM kernel layout)
     "bidir-cuda-kernel": ("fixture_dnaxlstm_bidir_tiny.pt", None, "cuda"),
     "bidir-mlstm-only": ("fixture_dnaxlstm_bidir_tiny.pt", "mlstm_only", "vanilla"),
     "bidir-alternating": ("fixture_dnaxlstm_bidir_tiny.pt", "alternating", "cuda"),
+    "bidir-native-mlstm": ("fixture_dnaxlstm_bidir_tiny.pt", "native_mlstm", "vanilla"),
     "rcps": ("fixture_dnaxlstm_rcps_tiny.pt", None, "vanilla"),
     "rcps-cuda-kernel": ("fixture_dnaxlstm_rcps_tiny.pt", None, "cuda"),
 }
@@ -161,6 +162,7 @@ VARIANTS = {
     "inner-rope": dict(rope="inner"),
     "bidir": dict(slstm_at=[1], bidirectional=True, rope="head"),
     "alternating": dict(slstm_at=[0], bidirectional=True, bidirectional_alternating=True),
+    "native-mlstm": dict(slstm_at=[1], bidirectional=True, mlstm_bidirectional="native"),
     "rcps": dict(slstm_at=[1], bidirectional=True, rcps=True),
     "conjoin": dict(slstm_at=[0], rc_conjoin=True),
 }
