@@ -1,5 +1,9 @@
 """mLSTM cell: parallel == chunkwise == step loop (outputs, states, gradients), the written-out chunkwise
-backward against autograd, state hand-over between calls, dtypes, memory kept for the backward.
+backward against autograd, state hand-over between calls, dtypes, memory kept for the backward, and the
+Triton kernels against the reference (outputs and the gradients of q, k, v, both gates and the initial state).
+
+Kernel tests (``test_kernel_*``) run on CUDA when there is a GPU, else under Triton's interpreter on CPU
+(tests/ops/kernel_env.py).
 
 Gates are drawn wide (i ~ 2 + 3 N(0, 1)) so that the stabiliser m_t is large and the eps * exp(m_t) term of
 the normaliser (the only place m_t enters h) shows up in the gradients.
@@ -12,12 +16,21 @@ import torch
 
 from bioseq.ops.mlstm import (
     mlstm,
+    mlstm_backend,
     mlstm_chunkwise,
     mlstm_chunkwise_autograd,
     mlstm_parallel,
     mlstm_recurrent,
     mlstm_step,
     mlstm_zero_state,
+)
+from tests.ops.kernel_env import (
+    DEVICE,
+    KERNELS_HERE,
+    compile_for_sm90,
+    needs_kernels,
+    run_kernel_tests_in_fresh_process,
+    tl,
 )
 
 CASES = [  # (B, NH, S, DH, chunk)
@@ -197,6 +210,7 @@ def test_bfloat16_inputs_keep_float32_state():
 
 def test_mlstm_dispatch_on_cpu_is_the_chunkwise_reference(monkeypatch):
     monkeypatch.delenv("BIOSEQ_OPS", raising=False)
+    assert mlstm_backend(torch.empty(1, 2, 30, 8)) == "ref"
     x = inputs(1, 2, 30, 8, dtype=torch.float32, grad=False)
     h, st = mlstm(*x, chunk_size=8, return_state=True)
     h_ref, st_ref = mlstm_chunkwise(*x, chunk_size=8, return_state=True)
@@ -231,3 +245,133 @@ def test_backward_keeps_inputs_and_chunk_states_only():
         saved.clear()
         mlstm_chunkwise_autograd(*x, chunk_size=chunk)
     assert sum(saved) > 2 * budget  # the plain-autograd version keeps the intra-chunk matrices
+
+
+def test_dispatch_auto_on_gpu_picks_kernels_where_they_apply(monkeypatch):
+    from bioseq.ops import mlstm as pkg
+
+    monkeypatch.setattr(pkg, "use_triton", lambda x: True)   # pretend: CUDA tensor, triton installed
+    q = torch.empty(2, 4, 64, 64, device="meta")
+    assert mlstm_backend(q, 64) == "triton" and mlstm_backend(q.bfloat16(), 16) == "triton"
+    assert mlstm_backend(q, 48) == "ref"                       # not a power of two
+    assert mlstm_backend(q, 8) == "ref"                        # below the kernels' smallest tile
+    assert mlstm_backend(q.double(), 64) == "ref"
+    assert mlstm_backend(torch.empty(2, 4, 64, 256, device="meta"), 64) == "ref"   # DH > 128
+
+
+# ---------------------------------------------------------------- Triton kernels
+
+@pytest.fixture
+def kernels():
+    from bioseq.ops.mlstm import triton as module
+
+    return module
+
+
+@pytest.mark.skipif(tl is None or KERNELS_HERE, reason="kernel tests ran in this process (or no triton)")
+def test_kernels_run_in_fresh_process():
+    """Triton was imported here without the interpreter: run this file's kernel tests in a subprocess."""
+    run_kernel_tests_in_fresh_process(__file__)
+
+
+KERNEL_CASES = [  # (B, NH, S, DH, chunk)
+    (1, 2, 37, 16, 16),    # partial last chunk
+    (2, 1, 32, 8, 16),     # DH below the 16-wide tile
+    (1, 1, 5, 16, 16),     # shorter than a chunk
+    (1, 2, 40, 20, 32),    # DH not a power of two
+]
+
+
+def kernel_inputs(B, NH, S, DH, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(S * 31 + DH)
+    q, k, v = (torch.randn(B, NH, S, DH, generator=gen).to(DEVICE, dtype).requires_grad_() for _ in range(3))
+    i = torch.randn(B, NH, S, generator=gen).to(DEVICE).requires_grad_()
+    f = (torch.randn(B, NH, S, generator=gen) + 2.0).to(DEVICE).requires_grad_()
+    s0 = (torch.randn(B, NH, DH, DH, generator=gen), torch.randn(B, NH, DH, generator=gen),
+          torch.randn(B, NH, 1, generator=gen))
+    return [q, k, v, i, f], [t.to(DEVICE).requires_grad_() for t in s0]
+
+
+TOL_KERNEL = 2e-6 if DEVICE == "cpu" else 2e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
+def test_kernel_matches_ref_with_state(kernels, case):
+    B, NH, S, DH, chunk = case
+    x, s0 = kernel_inputs(B, NH, S, DH)
+    h, st = kernels.mlstm_chunkwise_triton(*x, chunk_size=chunk, initial_state=s0, return_state=True)
+    h_ref, st_ref = mlstm_chunkwise(*x, chunk_size=chunk, initial_state=s0, return_state=True)
+    assert h.shape == h_ref.shape and h.dtype == torch.float32
+    assert max_rel(h, h_ref) < TOL_KERNEL
+    for a, b in zip(st, st_ref):
+        assert a.shape == b.shape and a.dtype == torch.float32 and max_rel(a, b) < TOL_KERNEL
+    got, want = grads((h, st), x + s0), grads((h_ref, st_ref), x + s0)
+    for name, a, b in zip(NAMES, got, want):
+        assert max_rel(a, b) < 10 * TOL_KERNEL, (name, max_rel(a, b))
+
+
+@needs_kernels
+def test_kernel_fresh_state_and_half_inputs(kernels):
+    x, _ = kernel_inputs(2, 2, 50, 16)
+    h = kernels.mlstm_chunkwise_triton(*x, chunk_size=16)
+    h_ref = mlstm_chunkwise(*x, chunk_size=16)
+    assert max_rel(h, h_ref) < TOL_KERNEL
+    gy = torch.randn_like(h)
+    for name, a, b in zip(NAMES, torch.autograd.grad(h, x, gy), torch.autograd.grad(h_ref, x, gy)):
+        assert max_rel(a, b) < 10 * TOL_KERNEL, name
+    x16 = [t.detach().half() if t.dim() == 4 else t.detach() for t in x]
+    h16 = kernels.mlstm_chunkwise_triton(*x16, chunk_size=16)
+    assert h16.dtype == torch.float16
+    assert max_rel(h16, mlstm_chunkwise(*[t.float() for t in x16], chunk_size=16)) < 2e-3
+
+
+@needs_kernels
+def test_kernel_forced_by_env(monkeypatch, kernels):
+    x, _ = kernel_inputs(1, 2, 20, 16)
+    calls = []
+    real = kernels.mlstm_chunkwise_triton
+    monkeypatch.setattr(kernels, "mlstm_chunkwise_triton", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv("BIOSEQ_OPS", "triton")
+    h = mlstm(*x, chunk_size=16)
+    assert calls == [1] and max_rel(h, mlstm_chunkwise(*x, chunk_size=16)) < TOL_KERNEL
+    mlstm(*x, chunk_size=8)                                   # no kernel for this chunk: the reference
+    monkeypatch.setenv("BIOSEQ_OPS", "ref")
+    mlstm(*x, chunk_size=16)
+    assert calls == [1]
+
+
+@needs_kernels
+def test_kernel_argument_errors(kernels):
+    x, _ = kernel_inputs(1, 1, 8, 16)
+    with pytest.raises(ValueError, match="power-of-two chunk_size"):
+        kernels.mlstm_chunkwise_triton(*x, chunk_size=24)
+
+
+AOT_CHECK = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from bioseq.ops.mlstm import triton as MK
+
+def compile_(fn, consts, floats=()):  # pointers end in _ptr; other non-constexpr arguments are i32
+    sig = {n: "constexpr" if n in consts else "*fp32" if n.endswith("_ptr") else "fp32" if n in floats
+           else "i32" for n in fn.arg_names}
+    triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32))
+
+for L, BD in ((64, 64), (16, 16)):
+    consts = {"L": L, "BD": BD}
+    compile_(MK._chunk_kv_kernel, consts)
+    compile_(MK._chunk_out_kernel, consts, floats=("eps",))
+    compile_(MK._chunk_bwd_kernel, consts)
+    compile_(MK._chunk_state_bwd_kernel, consts)
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(tl is None, reason="needs triton")
+def test_kernels_compile_for_sm90():
+    """Compile (not run) the kernels for an H100/H200 with Triton's bundled ptxas: catches the type and
+    layout errors that the interpreter does not. Fresh process, interpreter off."""
+    compile_for_sm90(AOT_CHECK)
