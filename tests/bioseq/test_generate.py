@@ -279,22 +279,22 @@ def read_fasta_text(path: Path) -> list[tuple[str, str]]:
 def test_cli_dna_fasta_from_a_prompt_file(saved, tmp_path, capsys):
     out = tmp_path / "out.fa"
     code, _, err = generate_cli(capsys, "-m", saved["dna"], "--prompt-file", saved["fasta"], "-n", 3,
-                                "--max-new-tokens", 85, "--top-k", 3, "--seed", 1, "-o", out)
+                                "--max-new-tokens", 76, "--top-k", 3, "--seed", 1, "-o", out)
     assert code == 0, err
     assert "warning" not in err                               # trained-or-not is unknown: weights from a dir
     records = read_fasta_text(out)
     assert [r[0] for r in records] == [f"{p}_sample_{i}" for p in ("p1", "p2") for i in (1, 2, 3)]
     for (name, seq) in records:
         prompt = "ACGTAC" if name.startswith("p1") else "GGGATT"
-        assert seq.startswith(prompt) and len(seq) == len(prompt) + 85
+        assert seq.startswith(prompt) and len(seq) == len(prompt) + 76
         assert set(seq) <= set("ACGTN")
     assert max(len(line) for line in out.read_text().splitlines()) == 80      # wrapped FASTA
     again = tmp_path / "again.fa"
-    generate_cli(capsys, "-m", saved["dna"], "--prompt-file", saved["fasta"], "-n", 3, "--max-new-tokens", 85,
+    generate_cli(capsys, "-m", saved["dna"], "--prompt-file", saved["fasta"], "-n", 3, "--max-new-tokens", 76,
                  "--top-k", 3, "--seed", 1, "-o", again)
     assert again.read_bytes() == out.read_bytes()
     cont = tmp_path / "cont.fa"
-    generate_cli(capsys, "-m", saved["dna"], "--prompt-file", saved["fasta"], "-n", 3, "--max-new-tokens", 85,
+    generate_cli(capsys, "-m", saved["dna"], "--prompt-file", saved["fasta"], "-n", 3, "--max-new-tokens", 76,
                  "--top-k", 3, "--seed", 1, "--continuation-only", "-o", cont)
     assert [s for _, s in read_fasta_text(cont)] == [s[len("ACGTAC" if n.startswith("p1") else "GGGATT"):]
                                                       for n, s in records]
