@@ -74,12 +74,8 @@ def ssd_inputs(B: int, D: int, N: int, L: int, P: int, device: str) -> dict:
                 D=torch.randn(H, **leaf), dt_bias=torch.randn(H, **leaf), chunk_size=64)
 
 
-def print_table(title: str, names: list[str], rows: list[list]) -> None:
-    header = ["L"] + [f"{n} fwd ms" for n in names] + [f"{n} f+b ms" for n in names]
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    print(f"\n{title}")
-    for r in [header, *rows]:
-        print("  ".join(str(c).rjust(w) for c, w in zip(r, widths)))
+def print_row(cells: list, width: int = 15) -> None:
+    print("  ".join(str(c).rjust(width if i else 6) for i, c in enumerate(cells)), flush=True)
 
 
 def main(argv=None) -> None:
@@ -106,8 +102,9 @@ def main(argv=None) -> None:
     def fmt(x: float) -> str:
         return "-" if x != x else f"{x:.1f}"
 
-    def run_rows(impls: dict, make) -> list[list]:
-        rows = []
+    def run_table(title: str, impls: dict, make) -> None:
+        print(f"\n{title}")
+        print_row(["L"] + [f"{n} fwd ms" for n in impls] + [f"{n} f+b ms" for n in impls])
         for L in lengths:
             res = {}
             for name, fn in impls.items():
@@ -116,8 +113,7 @@ def main(argv=None) -> None:
                     continue
                 torch.manual_seed(0)
                 res[name] = measure(fn, make(L), args.repeats, device, clock)
-            rows.append([L] + [fmt(r[0]) for r in res.values()] + [fmt(r[1]) for r in res.values()])
-        return rows
+            print_row([L] + [fmt(r[0]) for r in res.values()] + [fmt(r[1]) for r in res.values()])
 
     if args.op in ("all", "selective_scan"):
         from bioseq.ops.selective_scan import selective_scan_blocked, selective_scan_ref
@@ -127,16 +123,15 @@ def main(argv=None) -> None:
             from bioseq.ops.selective_scan.triton import selective_scan_triton
 
             impls["kernel"] = selective_scan_triton
-        rows = run_rows(impls, lambda L: scan_inputs(args.batch, args.channels, args.state, L, device))
-        print_table("selective_scan (softplus, delta_bias, D, z)", list(impls), rows)
+        run_table("selective_scan (softplus, delta_bias, D, z)", impls,
+                  lambda L: scan_inputs(args.batch, args.channels, args.state, L, device))
     if args.op in ("all", "ssd"):
         from bioseq.ops.ssd import ssd_chunked, ssd_ref
 
         impls = {"spec": ssd_ref, "chunked": ssd_chunked}
         H = args.channels // args.head_dim
-        rows = run_rows(impls, lambda L: ssd_inputs(args.batch, args.channels, args.state, L, args.head_dim,
-                                                    device))
-        print_table(f"ssd (H={H}, P={args.head_dim}, G=1, chunk 64, dt_bias, D)", list(impls), rows)
+        run_table(f"ssd (H={H}, P={args.head_dim}, G=1, chunk 64, dt_bias, D)", impls,
+                  lambda L: ssd_inputs(args.batch, args.channels, args.state, L, args.head_dim, device))
 
 
 if __name__ == "__main__":
