@@ -308,3 +308,27 @@ def test_fim_spans_are_valid():
             ids = list(range(100, 100 + length))
             out, pos = fim_layout(ids, spans, [33, 34, 35, 36, 37], 2)
             assert sorted(t for t in out if t >= 100) == ids and len(out) == len(pos)
+
+
+def test_embed_long_stream_equals_full_forward_on_20kb(tmp_path):
+    """``bioseq embed --long stream`` (chunked forward with state) == one full forward (1e-4), 20 kb."""
+    import numpy as np
+
+    from bioseq.cli import main
+    from bioseq.embed import read_embeddings
+    from bioseq.tokenizers import get_tokenizer
+
+    model = _perturbed(rope="head", chunk_size=64)       # sLSTM state is covered by the small test above
+    model.save_pretrained(tmp_path / "m")
+    seq = "".join(np.random.default_rng(0).choice(list("ACGT"), 20_000))
+    (tmp_path / "x.fa").write_text(">chr\n" + seq + "\n")
+    assert main(["embed", "-m", str(tmp_path / "m"), str(tmp_path / "x.fa"), "-o", str(tmp_path / "e.h5"),
+                 "--long", "stream", "--max-length", "1000", "--pool", "mean", "last", "--per-token",
+                 "--threads", "1", "-q"]) == 0
+    ids = torch.as_tensor(np.asarray(get_tokenizer("dna").encode(seq), dtype=np.int64))[None]
+    with torch.no_grad():
+        full = load_backbone(tmp_path / "m")(ids)[0].numpy()
+    data = read_embeddings(tmp_path / "e.h5")
+    assert np.abs(data["tokens"] - full).max() <= TOL
+    assert np.abs(data["mean"][0] - full.mean(0)).max() <= TOL
+    assert np.abs(data["last"][0] - full[-1]).max() <= TOL
