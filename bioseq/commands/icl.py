@@ -60,7 +60,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--it-lr", type=float, default=1e-4, help="instruction-tuning learning rate")
     k.add_argument("--it-epochs", type=int, default=1, help="instruction-tuning epochs")
     k.add_argument("--task-length", type=int, help="tokens every sequence is padded to (default: the "
-                                                   "longest training sequence)")
+                                                   "longest training or test sequence)")
     k.add_argument("--val-fraction", type=float, default=0.1,
                    help="share of --train held out (not used as demonstrations; the soft-prompt split)")
     k.add_argument("--max-train", type=int, help="demonstration pool: a stratified subsample of this size")
@@ -142,8 +142,9 @@ def kshot(a) -> None:
     fit, _, test, num_classes = load_task(a)
     backbone, tok = _backbone(a)
     tokens = parse_label_tokens(a.label_tokens, num_classes, backbone.alphabet)
+    task_length = a.task_length or max(len(tok.encode(s)) for s in list(fit.sequences) + list(test.sequences))
     task = KShotTask(backbone, tok, label_token_ids(tok, tokens), fit.sequences, fit.labels,
-                     task_length=a.task_length, repeat=a.repeat if a.repeat == "auto" else _int(a.repeat),
+                     task_length=task_length, repeat=a.repeat if a.repeat == "auto" else _int(a.repeat),
                      seed=a.seed)
     for k in a.shots:
         task.check(k)  # refuse a layout that does not fit before any work

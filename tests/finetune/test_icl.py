@@ -262,6 +262,8 @@ def read_csv(path):
 
 def test_cli_kshot_end_to_end(tmp_path, tiny_ckpt, capsys):
     train, test = write_task(tmp_path)
+    with open(test, "a") as fh:  # one query longer than every training sequence sets the task length
+        fh.write("ACGTACGTATTT\t0\n")
     out = tmp_path / "icl"
     assert cli(["icl", "kshot", "--train", str(train), "--test", str(test), "--backbone", str(tiny_ckpt),
                 "--shots", "0", "1", "2", "--instruction-tune", "0", "4", "--no-progress",
@@ -269,8 +271,8 @@ def test_cli_kshot_end_to_end(tmp_path, tiny_ckpt, capsys):
     rows = read_csv(out / "results.csv")
     assert [(r["shots"], r["instruction_examples"]) for r in rows] == [
         ("0", "0"), ("1", "0"), ("2", "0"), ("0", "4"), ("1", "4"), ("2", "4")]
-    assert all(0 <= float(r["accuracy"]) <= 1 and r["n_test"] == "8" for r in rows)
-    assert rows[2]["context_tokens"] == str(4 * 13 + 11)
+    assert all(0 <= float(r["accuracy"]) <= 1 and r["n_test"] == "9" for r in rows)
+    assert rows[2]["context_tokens"] == str(4 * 15 + 13)  # 4 demonstrations of 12 + 3, query 12 + 1
     assert (out / "results.png").stat().st_size > 1000
     assert "k-shot in-context learning" in (out / "results.md").read_text()
     # does not fit: a one-line error, exit 2
