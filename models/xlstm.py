@@ -409,7 +409,8 @@ class MLSTMLayer(nn.Module):
         b = torch.cat([self.igate.bias, self.fgate.bias])
         gates = w[:, :E] @ q + w[:, E:2 * E] @ k + w[:, 2 * E:] @ v + b[:, None]   # [B, 2 NH, L]
         i, f = gates[:, :NH], gates[:, NH:]
-        q, k, v = (t.reshape(B, NH, DH, L).transpose(2, 3) for t in (q, k, v))   # [B, NH, L, DH]
+        # [B, NH, L, DH], contiguous: the chunkwise cell reshapes them into chunks
+        q, k, v = (t.reshape(B, NH, DH, L).transpose(2, 3).contiguous() for t in (q, k, v))
         if self.rope == "head":                           # DNA-xLSTM: rotation after the gates
             cos, sin = rope_tables(positions, DH, self.rope_base)
             cos, sin = cos[:, None], sin[:, None]                              # same angles for every head
