@@ -472,7 +472,7 @@ class SLSTMLayer(nn.Module):
         self.fgate = HeadwiseLinear(D, NH, bias=False)
         self.zgate = HeadwiseLinear(D, NH, bias=False)
         self.ogate = HeadwiseLinear(D, NH, bias=False)
-        self.recurrent_kernel = nn.Parameter(torch.zeros(NH, self.head_dim, 4 * self.head_dim))
+        self.recurrent_kernel = _no_decay(nn.Parameter(torch.zeros(NH, self.head_dim, 4 * self.head_dim)))
         self.bias = _no_decay(nn.Parameter(torch.zeros(4, NH, self.head_dim)))
         self.norm_weight = _no_decay(nn.Parameter(torch.ones(D)))
         self.dropout = nn.Dropout(c.dropout)
@@ -568,7 +568,7 @@ class RCPSEmbedding(nn.Module):
 
     def __init__(self, rows: int, dim: int, complement: list[int]):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(rows, dim))
+        self.weight = _no_decay(nn.Parameter(torch.empty(rows, dim)))     # an embedding: no weight decay
         self.register_buffer("complement_map", torch.tensor(complement, dtype=torch.long), persistent=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
