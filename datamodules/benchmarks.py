@@ -29,6 +29,7 @@ from bioseq.datamodules.benchmark_files import (
     read_gb_layout,
     stratified_split,
 )
+from bioseq.datamodules.collate import ShardedIterable, trainer_loader
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,6 +97,45 @@ def make_collate(pad_id: int = 4, complement: np.ndarray | None = None, rc_prob:
         }
 
     return collate
+
+
+class EpochItems(ShardedIterable):
+    """The items of a :class:`TokenizedSequenceDataset` as an epoch stream, sharded explicitly by DDP rank
+    and DataLoader worker (see :class:`datamodules.collate.ShardedIterable`).
+
+    Training visits a permutation drawn from ``(seed, epoch)`` and every rank takes the same number of
+    items, so W ranks with batch B see exactly the items one process sees with batch W x B; each item is
+    reverse-complemented with probability ``rc_prob`` by a draw keyed on ``(seed, epoch, position)``.
+    Evaluation keeps file order and every item is seen by exactly one rank (no padding duplicates, so
+    metrics reduced over ranks equal one process's). Mid-epoch resume works through
+    :class:`datamodules.collate.EpochDataLoader`.
+    """
+
+    def __init__(self, dataset: TokenizedSequenceDataset, *, train: bool, seed: int = 0, rc_prob: float = 0.0,
+                 complement: np.ndarray | None = None, rank: int = 0, world_size: int = 1,
+                 batch_size: int | None = None):
+        super().__init__(rank=rank, world_size=world_size, batch_size=batch_size, even=train)
+        self.dataset, self.train, self.seed = dataset, train, int(seed)
+        self.rc_prob = float(rc_prob) if complement is not None else 0.0
+        self.complement = complement
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def num_items(self) -> int:
+        return len(self.dataset)
+
+    def make_item(self, position: int):
+        i = position
+        if self.train:
+            if self._order is None or self._order[0] != self.epoch:
+                rng = np.random.default_rng([self.seed, self.epoch])
+                self._order = (self.epoch, rng.permutation(len(self.dataset)))
+            i = int(self._order[1][position])
+        ids, label, index = self.dataset[i]
+        if self.rc_prob > 0:
+            u = np.random.default_rng([self.seed, self.epoch, position, 1]).random()
+            if u < self.rc_prob:
+                ids = self.complement[ids[::-1]]
+        return ids, label, index
 
 
 class SequenceClassificationDataModule(L.LightningDataModule):
@@ -260,6 +300,8 @@ class SequenceClassificationDataModule(L.LightningDataModule):
 
     # -- loaders ------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
+        """An :class:`EpochItems` stream for this rank (shuffled per epoch when training; explicit DDP
+        sharding, so Lightning adds no DistributedSampler) in an epoch-aware, resumable loader."""
         if split not in self.datasets:
             raise BenchmarkDataError(
                 f"no {split} data: set --data.{split}_file or a data_dir with a {split} split"
@@ -268,19 +310,16 @@ class SequenceClassificationDataModule(L.LightningDataModule):
         complement = None
         if train and h.rc_augment > 0:
             complement = np.asarray(self.tokenizer.complement_map, dtype=np.int64)
-        collate = make_collate(
-            self.tokenizer.pad_id, complement, h.rc_augment if train else 0.0, h.split_seed
-        )
         bs = h.batch_size if train else (h.eval_batch_size or h.batch_size)
-        return DataLoader(
-            self.datasets[split],
-            batch_size=bs,
-            shuffle=train,
-            num_workers=h.num_workers,
-            collate_fn=collate,
-            drop_last=False,
-            persistent_workers=h.num_workers > 0,
-        )
+        trainer = self.trainer
+        rank, world = (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
+        items = EpochItems(self.datasets[split], train=train, seed=h.split_seed, rc_prob=h.rc_augment,
+                           complement=complement, rank=rank, world_size=world, batch_size=bs)
+        if train and len(items) == 0:
+            raise BenchmarkDataError(f"{len(self.datasets[split])} training items are too few for "
+                                     f"{world} ranks")
+        return trainer_loader(items, trainer, batch_size=bs, train=train, num_workers=h.num_workers,
+                              collate_fn=make_collate(self.tokenizer.pad_id))
 
     def train_dataloader(self):
         return self._loader("train", True)

@@ -290,16 +290,18 @@ class EpochDataLoader(DataLoader):
 
 
 def trainer_loader(dataset, trainer, *, batch_size: int, train: bool, num_workers: int = 0,
-                   pin_memory: bool = False) -> EpochDataLoader:
+                   pin_memory: bool = False, collate_fn: Callable | None = None) -> EpochDataLoader:
     """The :class:`EpochDataLoader` a DataModule hands Lightning for one split.
 
     The loader follows ``trainer.current_epoch``; for training it also records how many batches of
     the epoch the trainer has consumed, so a mid-epoch checkpoint resumes at the next batch.
+    ``collate_fn`` defaults to :class:`LMCollator`.
     """
     epoch_fn = progress_fn = None
     if trainer is not None:
         epoch_fn = lambda: trainer.current_epoch  # noqa: E731
         if train:
             progress_fn = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
-    return EpochDataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=LMCollator(),
+    return EpochDataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
+                           collate_fn=collate_fn if collate_fn is not None else LMCollator(),
                            pin_memory=pin_memory, epoch_fn=epoch_fn, progress_fn=progress_fn)

@@ -26,6 +26,7 @@ the head ``head_lr or lr``), linear warmup then cosine to ``min_lr_ratio * lr`` 
 
 from __future__ import annotations
 
+import os
 import re
 
 import lightning as L
@@ -131,6 +132,8 @@ class SequenceClassifier(L.LightningModule):
         make = _regression_metrics if self.is_regression else _classification_metrics
         self.val_metrics = make(num_classes).clone(prefix="val/")
         self.test_metrics = make(num_classes).clone(prefix="test/")
+        # evaluation losses: item-weighted means over the whole split and all ranks
+        self.val_loss, self.test_loss = tm.MeanMetric(), tm.MeanMetric()
         if class_weights is not None:
             self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
         else:
@@ -176,23 +179,33 @@ class SequenceClassifier(L.LightningModule):
         else:
             metrics.update(torch.softmax(logits.float(), -1), labels)
 
+    def _step_seed(self, batch_idx: int) -> int:
+        """Seed of a training step's random numbers (dropout): ``(run seed, epoch, batch, rank)``, so a run
+        resumed from a mid-epoch checkpoint draws the same dropout masks as the uninterrupted run."""
+        key = (int(os.environ.get("PL_GLOBAL_SEED", 0)), self.current_epoch, batch_idx, self.global_rank)
+        return hash(key) & 0x7FFF_FFFF_FFFF
+
     def training_step(self, batch, batch_idx):
-        logits = self(batch["input_ids"], batch["attention_mask"])
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self._step_seed(batch_idx))
+            logits = self(batch["input_ids"], batch["attention_mask"])
         loss = self._loss(logits, batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        # ranks hold equal batches (explicit sharding), so the mean over ranks is the global batch's loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         logits = self(batch["input_ids"], batch["attention_mask"])
-        self.log(
-            "val/loss", self._loss(logits, batch["labels"]), prog_bar=True, batch_size=len(batch["labels"])
-        )
+        self.val_loss.update(self._loss(logits, batch["labels"]).detach(), weight=len(batch["labels"]))
+        self.log("val/loss", self.val_loss, prog_bar=True, on_step=False, on_epoch=True)
         self._update(self.val_metrics, logits, batch["labels"])
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True)
 
     def test_step(self, batch, batch_idx):
         logits = self(batch["input_ids"], batch["attention_mask"])
-        self.log("test/loss", self._loss(logits, batch["labels"]), batch_size=len(batch["labels"]))
+        self.test_loss.update(self._loss(logits, batch["labels"]).detach(), weight=len(batch["labels"]))
+        self.log("test/loss", self.test_loss, on_step=False, on_epoch=True)
         self._update(self.test_metrics, logits, batch["labels"])
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
 

@@ -269,10 +269,22 @@ class LanguageModel(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """Mean token loss of the global batch. Under DDP each rank returns ``W * loss_sum_r / N`` (N = the
+        scored tokens of all W ranks), so DDP's gradient average is the gradient of ``sum_r loss_sum_r / N``:
+        W ranks with batch B train exactly like one process with batch W x B, padding included. The logged
+        ``train/loss`` is that global mean (one all-reduce of two numbers per step)."""
         loss_sum, count = self._run_step(batch, batch_idx, stage=0)
-        loss = loss_sum / count.clamp(min=1)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        self.log("train/ppl", torch.exp(loss.detach()), batch_size=batch["input_ids"].shape[0])
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1:
+            totals = self.trainer.strategy.reduce(torch.stack([loss_sum.detach(), count.to(loss_sum.dtype)]),
+                                                  reduce_op="sum")
+            loss = loss_sum * world / totals[1].clamp(min=1)
+            logged = totals[0] / totals[1].clamp(min=1)
+        else:
+            loss = loss_sum / count.clamp(min=1)
+            logged = loss.detach()
+        self.log("train/loss", logged, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/ppl", torch.exp(logged), batch_size=batch["input_ids"].shape[0])
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

@@ -397,6 +397,9 @@ def _cli_class(kind: str, prog: str, config_paths: list[Path]):
             if (logger is True or logger is None) and not config.get("fast_dev_run"):
                 config["logger"] = CSVLogger(save_dir=str(self.run_dir.parent), name="",
                                              version=self.run_dir.name)
+            from bioseq.commands.training_guards import NonFiniteLossGuard, SaveOnSigterm
+
+            callbacks = [*callbacks, NonFiniteLossGuard(), SaveOnSigterm(kind)]
             trainer = super()._instantiate_trainer(config, callbacks)
             for cb in trainer.checkpoint_callbacks:
                 if trainer.fast_dev_run:
@@ -506,5 +509,10 @@ def main(kind: str, argv: list[str]) -> int:
     if text is not None:
         print(text)
         return 0
-    run_cli(kind, argv)
+    try:
+        run_cli(kind, argv)
+    except SystemExit as stop:  # Lightning ends a run stopped by SIGTERM with its SIGTERMException
+        if type(stop).__name__ != "SIGTERMException":
+            raise
+        return 143  # 128 + SIGTERM, as a shell reports a terminated process
     return 0
