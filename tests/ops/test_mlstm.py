@@ -136,11 +136,11 @@ def test_written_backward_matches_autograd(chunk, eps, group, monkeypatch):
 
 
 def test_gradcheck_tiny():
-    x = inputs(1, 2, 7, 3)
-    s0 = random_state(1, 2, 3)
+    x = inputs(1, 1, 5, 2)
+    s0 = random_state(1, 1, 2)
 
     def fn(q, k, v, i, f, C, n, m):
-        h, (C1, n1, m1) = mlstm_chunkwise(q, k, v, i, f, chunk_size=3, initial_state=(C, n, m),
+        h, (C1, n1, m1) = mlstm_chunkwise(q, k, v, i, f, chunk_size=2, initial_state=(C, n, m),
                                           return_state=True, eps=1e-2)
         return h, C1, n1, m1
 
@@ -256,7 +256,8 @@ def test_dispatch_auto_on_gpu_picks_kernels_where_they_apply(monkeypatch):
     assert mlstm_backend(q, 48) == "ref"                       # not a power of two
     assert mlstm_backend(q, 8) == "ref"                        # below the kernels' smallest tile
     assert mlstm_backend(q.double(), 64) == "ref"
-    assert mlstm_backend(torch.empty(2, 4, 64, 256, device="meta"), 64) == "ref"   # DH > 128
+    assert mlstm_backend(q, 128) == "ref"                      # tiles beyond the registers
+    assert mlstm_backend(torch.empty(2, 4, 64, 128, device="meta"), 64) == "ref"   # DH > 64
 
 
 # ---------------------------------------------------------------- Triton kernels
@@ -354,17 +355,17 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from bioseq.ops.mlstm import triton as MK
 
-def compile_(fn, consts, floats=()):  # pointers end in _ptr; other non-constexpr arguments are i32
+def compile_(fn, consts, warps, floats=()):  # pointers end in _ptr; other non-constexpr arguments are i32
     sig = {n: "constexpr" if n in consts else "*fp32" if n.endswith("_ptr") else "fp32" if n in floats
            else "i32" for n in fn.arg_names}
-    triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32))
+    triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
 
 for L, BD in ((64, 64), (16, 16)):
-    consts = {"L": L, "BD": BD}
-    compile_(MK._chunk_kv_kernel, consts)
-    compile_(MK._chunk_out_kernel, consts, floats=("eps",))
-    compile_(MK._chunk_bwd_kernel, consts)
-    compile_(MK._chunk_state_bwd_kernel, consts)
+    consts, warps = {"L": L, "BD": BD}, MK._warps(L, BD)
+    compile_(MK._chunk_kv_kernel, consts, 4)
+    compile_(MK._chunk_out_kernel, consts, warps, floats=("eps",))
+    compile_(MK._chunk_bwd_kernel, consts, warps)
+    compile_(MK._chunk_state_bwd_kernel, consts, warps)
 print("compiled")
 """
 

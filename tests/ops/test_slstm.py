@@ -1,13 +1,30 @@
 """sLSTM cell: the fast scan (loop without autograd + written-out BPTT) against the plain-autograd step loop
-(outputs, final states, gradients of everything incl. the state), gradcheck, state hand-over, dtypes, and the
-documented layouts against the reference package's parameters in the xLSTM fixture."""
+(outputs, final states, gradients of everything incl. the state), gradcheck, state hand-over, dtypes, the
+documented layouts against the reference package's parameters in the xLSTM fixture, and the Triton kernels
+against the torch path (``test_kernel_*``: on CUDA when there is a GPU, else under Triton's interpreter).
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bioseq.ops.slstm import slstm_scan, slstm_scan_ref, slstm_step, slstm_zero_state
+from bioseq.ops.slstm import (
+    slstm_backend,
+    slstm_scan,
+    slstm_scan_ref,
+    slstm_scan_torch,
+    slstm_step,
+    slstm_zero_state,
+)
+from tests.ops.kernel_env import (
+    DEVICE,
+    KERNELS_HERE,
+    compile_for_sm90,
+    needs_kernels,
+    run_kernel_tests_in_fresh_process,
+    tl,
+)
 
 CASES = [  # (B, S, NH, DH)
     (2, 9, 3, 4),
@@ -77,15 +94,14 @@ def test_scan_gradients_of_h_alone():
 
 
 def test_gradcheck_tiny():
-    p = params(2, 4, 2, 2)
-    s0 = random_state(2, 2, 2)
+    p = params(1, 3, 1, 2)
+    s0 = random_state(1, 1, 2)
 
     def fn(wx, R, b, h0, c0, n0, m0):
         h, st = slstm_scan(wx, R, b, (h0, c0, n0, m0))
         return (h, *st)
 
     assert torch.autograd.gradcheck(fn, (*p, *s0))
-    assert torch.autograd.gradcheck(lambda wx, R, b: slstm_scan(wx, R, b)[0], tuple(p))
 
 
 @pytest.mark.parametrize("split", [1, 7], ids=lambda s: f"split{s}")
@@ -161,3 +177,114 @@ def test_layouts_match_the_reference_package(shared):
                                rtol=0, atol=0)
     torch.testing.assert_close(b.reshape(-1), vanilla_b, rtol=0, atol=0)
     assert float(b[1].mean()) > 0 > float(b[1, :, -1].mean())  # the forget-gate bias ramp sits at gate 1
+
+
+# ---------------------------------------------------------------- dispatch
+
+def test_dispatch_cpu_uses_the_torch_path(monkeypatch):
+    monkeypatch.delenv("BIOSEQ_OPS", raising=False)
+    wx, R, b = params(1, 6, 2, 4, dtype=torch.float32, grad=False)
+    assert slstm_backend(wx) == "ref"
+    h, st = slstm_scan(wx, R, b)
+    h_t, st_t = slstm_scan_torch(wx, R, b)
+    torch.testing.assert_close(h, h_t, rtol=0, atol=0)
+
+
+def test_dispatch_auto_on_gpu_picks_kernels_where_they_apply(monkeypatch):
+    from bioseq.ops import slstm as pkg
+
+    monkeypatch.setattr(pkg, "use_triton", lambda x: True)   # pretend: CUDA tensor, triton installed
+    wx = torch.empty(2, 8, 4, 4, 32, device="meta")
+    assert slstm_backend(wx) == "triton" and slstm_backend(wx.bfloat16()) == "triton"
+    assert slstm_backend(wx.double()) == "ref"
+    assert slstm_backend(torch.empty(2, 8, 4, 2, 128, device="meta")) == "ref"   # DH > 64
+
+
+# ---------------------------------------------------------------- Triton kernels
+
+@pytest.fixture
+def kernels():
+    from bioseq.ops.slstm import triton as module
+
+    return module
+
+
+@pytest.mark.skipif(tl is None or KERNELS_HERE, reason="kernel tests ran in this process (or no triton)")
+def test_kernels_run_in_fresh_process():
+    """Triton was imported here without the interpreter: run this file's kernel tests in a subprocess."""
+    run_kernel_tests_in_fresh_process(__file__)
+
+
+KERNEL_CASES = [  # (B, S, NH, DH)
+    (2, 9, 3, 4),      # DH below the 16-wide tile
+    (1, 7, 2, 16),
+    (2, 5, 1, 20),     # DH not a power of two
+]
+TOL_KERNEL = 2e-6 if DEVICE == "cpu" else 2e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("with_state", [False, True], ids=["fresh", "state"])
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
+def test_kernel_matches_torch_path(kernels, case, with_state):
+    B, S, NH, DH = case
+    p = [x.detach().float().to(DEVICE).requires_grad_() for x in params(B, S, NH, DH)]
+    s0 = tuple(x.detach().float().to(DEVICE).requires_grad_() for x in random_state(B, NH, DH)) \
+        if with_state else None
+    leaves = p + (list(s0) if with_state else [])
+    h, st = kernels.slstm_scan_triton(*p, initial_state=s0)
+    h_ref, st_ref = slstm_scan_torch(*p, initial_state=s0)
+    assert h.shape == (B, S, NH, DH) and h.dtype == torch.float32 and max_rel(h, h_ref) < TOL_KERNEL
+    for a, b in zip(st, st_ref):
+        assert a.shape == (B, NH, DH) and max_rel(a, b) < TOL_KERNEL
+    for name, a, b in zip(NAMES, grads((h, *st), leaves), grads((h_ref, *st_ref), leaves)):
+        assert max_rel(a, b) < 10 * TOL_KERNEL, (name, max_rel(a, b))
+
+
+@needs_kernels
+def test_kernel_half_inputs_and_forced_dispatch(kernels, monkeypatch):
+    wx, R, b = (x.float().to(DEVICE) for x in params(2, 6, 2, 8, grad=False))
+    h16, st16 = kernels.slstm_scan_triton(wx.half(), R, b)
+    assert h16.dtype == torch.float16 and st16[1].dtype == torch.float32
+    assert max_rel(h16, slstm_scan_torch(wx.half().float(), R, b)[0]) < 2e-3
+    calls = []
+    real = kernels.slstm_scan_triton
+    monkeypatch.setattr(kernels, "slstm_scan_triton", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setenv("BIOSEQ_OPS", "triton")
+    h, _ = slstm_scan(wx, R, b)
+    assert calls == [1] and max_rel(h, slstm_scan_torch(wx, R, b)[0]) < TOL_KERNEL
+    monkeypatch.setenv("BIOSEQ_OPS", "ref")
+    slstm_scan(wx, R, b)
+    assert calls == [1]
+
+
+@needs_kernels
+def test_kernel_argument_errors(kernels):
+    wx, R, b = (x.float().to(DEVICE) for x in params(1, 3, 1, 80, grad=False))
+    with pytest.raises(ValueError, match="DH <= 64"):
+        kernels.slstm_scan_triton(wx, R, b)
+
+
+AOT_CHECK = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from bioseq.ops.slstm import triton as SK
+
+def compile_(fn, consts, warps):  # pointers end in _ptr; other non-constexpr arguments are i32
+    sig = {n: "constexpr" if n in consts else "*fp32" if n.endswith("_ptr") else "i32" for n in fn.arg_names}
+    triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+
+for BD in (32, 64):
+    compile_(SK._slstm_fwd_kernel, {"BD": BD}, SK._warps(BD))
+    compile_(SK._slstm_bwd_kernel, {"BD": BD, "CHAIN": True}, SK._warps(BD))
+print("compiled")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(tl is None, reason="needs triton")
+def test_kernels_compile_for_sm90():
+    """Compile (not run) the kernels for an H100/H200 with Triton's bundled ptxas (fresh process,
+    interpreter off): catches the type and layout errors that the interpreter does not."""
+    compile_for_sm90(AOT_CHECK)

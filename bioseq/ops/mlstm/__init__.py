@@ -9,8 +9,7 @@ float64 inputs).
 - ``mlstm_step(q, k, v, igate, fgate, state, eps)``: one token (q, k, v [B, NH, DH]; gates [B, NH]).
 - ``mlstm(...)``: the op the models call. Dispatch as in ``bioseq.ops._dispatch``: the Triton kernels
   (``bioseq.ops.mlstm.triton``) for CUDA tensors, ``mlstm_chunkwise`` otherwise; ``BIOSEQ_OPS=ref|triton``
-  overrides. float64, chunk sizes other than a power of two in [16, 128] and DH > 128 always take the
-  reference.
+  overrides. float64, chunk sizes other than 16, 32, 64 and DH > 64 always take the reference.
 - ``mlstm_zero_state(B, NH, DH, device, dtype)``: the state a fresh sequence starts from.
 """
 
@@ -34,8 +33,8 @@ __all__ = ["mlstm", "mlstm_backend", "mlstm_chunkwise", "mlstm_chunkwise_autogra
 
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-KERNEL_CHUNKS = (16, 32, 64, 128)
-KERNEL_MAX_DH = 128
+KERNEL_CHUNKS = (16, 32, 64)
+KERNEL_MAX_DH = 64
 
 
 def mlstm_backend(q: torch.Tensor, chunk_size: int = 64) -> str:

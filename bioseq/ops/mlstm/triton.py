@@ -23,7 +23,8 @@ Backward (every stabiliser held constant; the gradient that flows through m is a
 - torch: the chunk-end term of d lf_cum, the cumsum back to d lf, the stabiliser chain, df, dm0.
 
 Arithmetic is fp32 (16-bit inputs are cast up front); dots use ``tf32x3`` (about fp32 accuracy on tensor
-cores). The chunk must be a power of two >= 16 and DH <= 128 (``supported``). On CPU the kernels run only
+cores). The chunk must be a power of two in [16, 64] and DH <= 64 (``supported``): larger tiles do not fit
+in registers. On CPU the kernels run only
 under Triton's interpreter (``TRITON_INTERPRET=1`` set before ``triton`` is first imported).
 """
 
@@ -43,8 +44,8 @@ from bioseq.ops.mlstm.ref import (
     mlstm_zero_state,
 )
 
-MAX_DH = 128
-MIN_CHUNK, MAX_CHUNK = 16, 128
+MAX_DH = 64
+MIN_CHUNK, MAX_CHUNK = 16, 64
 
 
 def _interpreting() -> bool:
@@ -225,6 +226,11 @@ def _chunk_state_bwd_kernel(q_ptr, ks_ptr, v_ptr, g_ptr, m_ptr, dCe_ptr, dne_ptr
     tl.store(dlfc_ptr + tok, tl.sum(q * dq, 1) - di)
 
 
+def _warps(L: int, BD: int) -> int:
+    """8 warps for [64, 64] tiles (a dozen of them are live in the backward), else 4."""
+    return 8 if L * BD >= 4096 else 4
+
+
 def _flat(x: torch.Tensor, L: int, fill: float) -> torch.Tensor:
     """[B, NH, S, ...] -> contiguous fp32 [B * NH, S_pad, ...] padded with `fill` to whole chunks."""
     x = _chunks(x, L, fill)
@@ -269,7 +275,7 @@ class _MLSTMTriton(torch.autograd.Function):
         h = torch.empty_like(qf)
         M, den, norm = (torch.empty_like(i) for _ in range(3))
         _chunk_out_kernel[grid](qf, ksf, vf, i, lf_cum, Cs, ns, ms, h, M, den, norm, S_pad, NC, D, eps,
-                                L=L, BD=BD)
+                                L=L, BD=BD, num_warps=_warps(L, BD))
         ctx.save_for_backward(qf, ksf, vf, i_raw, f_raw, m0, Cs, ns, ms, h, M, den, norm)
         ctx.L, ctx.eps, ctx.shape = L, eps, (B, NH, S, D)
         out = h.view(B, NH, S_pad, D)[:, :, :S]
@@ -293,7 +299,7 @@ class _MLSTMTriton(torch.autograd.Function):
         dC_out, dn_out = qf.new_empty(BH, NC, D, D), qf.new_empty(BH, NC, D)
         dnorm, di, dlf_cum = (torch.empty_like(i) for _ in range(3))
         _chunk_bwd_kernel[grid](qf, ksf, vf, i, lf_cum, Cs, ns, ms, h, M, den, norm, dhf, dq, dks, dv,
-                                dC_out, dn_out, dnorm, S_pad, NC, D, L=L, BD=BD)
+                                dC_out, dn_out, dnorm, S_pad, NC, D, L=L, BD=BD, num_warps=_warps(L, BD))
         # gradient w.r.t. every chunk's end state, back through C_{c+1} = decay_c C_c + ...
         decay = torch.exp(lf_tot + ms[:, :-1] - ms[:, 1:])
         dC_end, dn_end = torch.empty_like(dC_out), torch.empty_like(dn_out)
@@ -304,7 +310,7 @@ class _MLSTMTriton(torch.autograd.Function):
         dC0 = torch.addcmul(dC_out[:, 0], decay[:, 0, None, None], dC_end[:, 0])
         dn0 = torch.addcmul(dn_out[:, 0], decay[:, 0, None], dn_end[:, 0])
         _chunk_state_bwd_kernel[grid](qf, ksf, vf, g, ms, dC_end, dn_end, dq, dks, dv, di, dlf_cum,
-                                      S_pad, NC, D, L=L, BD=BD)
+                                      S_pad, NC, D, L=L, BD=BD, num_warps=_warps(L, BD))
         # a chunk's end state is proportional to exp(lf_cum at the chunk end); m0 enters as C0, n0 exp(m0)
         dlf_cum = dlf_cum.view(BH, NC, L)
         dlf_cum[..., -1] += (dC_end * Cs[:, 1:]).sum((-1, -2)) + (dn_end * ns[:, 1:]).sum(-1)
@@ -331,7 +337,7 @@ class _MLSTMTriton(torch.autograd.Function):
 def mlstm_chunkwise_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: torch.Tensor,
                            fgate: torch.Tensor, chunk_size: int = 64, initial_state: State | None = None,
                            return_state: bool = False, eps: float = 1e-6):
-    """Same contract as ``ref.mlstm_chunkwise``; chunk_size a power of two in [16, 128], DH <= 128."""
+    """Same contract as ``ref.mlstm_chunkwise``; chunk_size a power of two in [16, 64], DH <= 64."""
     _check_inputs(q, k, v, igate, fgate)
     B, NH, S, DH = q.shape
     if not supported(chunk_size, DH):
