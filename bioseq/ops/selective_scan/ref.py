@@ -107,10 +107,12 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     h = (torch.zeros(batch, dim, A.shape[1], dtype=dtype, device=u.device) if initial_state is None
          else initial_state.to(dtype))
     ys = []
-    for t in range(L):
-        dt_t = dt[:, :, t, None]
-        h = torch.exp(dt_t * Ad) * h + dt_t * Bd[..., t] * uc[:, :, t, None]
-        ys.append((h * Cd[..., t]).sum(-1))
+    # unbind: one view per step whose backward is a single stack (indexing step t would cost a full-size
+    # gradient buffer per step)
+    for dt_t, u_t, B_t, C_t in zip(dt.unbind(-1), uc.unbind(-1), Bd.unbind(-1), Cd.unbind(-1)):
+        dt_t = dt_t.unsqueeze(-1)
+        h = torch.exp(dt_t * Ad) * h + dt_t * B_t * u_t.unsqueeze(-1)
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1) if ys else uc.new_zeros(batch, dim, 0)
     y = finish_output(y, uc, D, z).to(u.dtype)
     return (y, h) if return_state else y

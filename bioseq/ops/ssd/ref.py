@@ -103,10 +103,11 @@ def ssd_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
     h = (torch.zeros(batch, H, P, N, dtype=dtype, device=x.device) if initial_state is None
          else initial_state.to(dtype))
     ys = []
-    for t in range(L):
-        decay = torch.exp(dtc[:, t] * A.to(dtype))[..., None, None]                  # [batch, H, 1, 1]
-        h = decay * h + (dtc[:, t, :, None] * xc[:, t]).unsqueeze(-1) * Bh[:, t, :, None, :]
-        ys.append((h * Ch[:, t, :, None, :]).sum(-1))                               # [batch, H, P]
+    # unbind: one view per step whose backward is a single stack
+    for dt_t, x_t, B_t, C_t in zip(dtc.unbind(1), xc.unbind(1), Bh.unbind(1), Ch.unbind(1)):
+        decay = torch.exp(dt_t * A.to(dtype))[..., None, None]                       # [batch, H, 1, 1]
+        h = decay * h + (dt_t.unsqueeze(-1) * x_t).unsqueeze(-1) * B_t.unsqueeze(-2)
+        ys.append((h * C_t.unsqueeze(-2)).sum(-1))                                    # [batch, H, P]
     y = torch.stack(ys, dim=1) if ys else xc.new_zeros(batch, 0, H, P)
     y = finish_output(y, xc, D, z).to(x.dtype)
     return (y, h) if return_state else y
