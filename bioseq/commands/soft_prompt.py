@@ -59,9 +59,11 @@ def backbone_label(spec: str, backbone) -> str:
 
 
 def warn_random(command: str, spec: str, backbone) -> None:
+    """The shared one-line warning when the backbone was built with random weights (a preset)."""
+    from bioseq.commands.common import random_weights_warning
+
     if getattr(backbone, "weights_origin", None) == "random":
-        print(f"bioseq {command}: warning: --backbone {spec} is a preset: random weights (give a checkpoint "
-              "directory to evaluate a pretrained model)", file=sys.stderr)
+        random_weights_warning(command, spec)
 
 
 def subsample(data, n: int | None, seed: int):
