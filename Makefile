@@ -4,30 +4,39 @@ VENV ?= .venv
 # CPU wheel by default; on a GPU machine: make TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu124" ...
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.bioseq-installed
+# Two installs, each recorded by a stamp: the base (what `bioseq` needs to run, e.g. the demo) and the
+# development extras on top (pytest, ruff and Triton, whose interpreter runs the kernel tests on CPU).
+BASE_STAMP := $(VENV)/.bioseq-base
+DEV_STAMP := $(VENV)/.bioseq-dev
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup setup-dev demo test test-slow lint bench clean
 
-$(STAMP): pyproject.toml
+$(BASE_STAMP): pyproject.toml setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e .
+	touch $(BASE_STAMP)
+
+$(DEV_STAMP): $(BASE_STAMP)
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	touch $(DEV_STAMP)
 
-setup: $(STAMP)
+setup: $(BASE_STAMP)
 
-demo: $(STAMP)
+setup-dev: $(DEV_STAMP)
+
+demo: $(BASE_STAMP)
 	$(BIN)/bioseq demo
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 
 clean:

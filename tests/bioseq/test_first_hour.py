@@ -214,3 +214,194 @@ def test_finetune_real_script_takes_the_class_count_from_the_data(data, tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     hyena = json.loads((tmp_path / "finetune_real.json").read_text())["results"]["three_classes"]["hyena"]
     assert hyena["num_classes"] == 3 and 0.0 <= hyena["test_accuracy"] <= 1.0
+
+
+# ------------------------------------------------------------------------------- 2: random weights
+def test_embed_flags_random_weights_on_stderr_and_in_the_metadata(data, tmp_path):
+    from bioseq.embed import read_embeddings
+
+    out = bioseq("embed", "-m", "hyenadna-tiny-1k", data["seqs"], "-o", tmp_path / "e.h5", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    warnings = [line for line in out.stderr.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("bioseq embed: warning: hyenadna-tiny-1k")
+    assert "random weights" in warnings[0]
+    assert read_embeddings(tmp_path / "e.h5")["metadata"]["random_weights"] is True
+
+
+def test_benchmark_table_marks_random_weights_and_smoke_runs(data, tmp_path, capsys):
+    rows = (data["train3"].read_text().splitlines()[1:] + data["test3"].read_text().splitlines()[1:])
+    two = [r for r in rows if not r.endswith("\t2")]
+    for name, part in (("tr.tsv", two[:50]), ("te.tsv", two[50:])):
+        (tmp_path / name).write_text("sequence\tlabel\n" + "\n".join(part) + "\n")
+    assert cli.main(["benchmark", "human_nontata_promoters", "--data-file",
+                     f"human_nontata_promoters:train={tmp_path / 'tr.tsv'},test={tmp_path / 'te.tsv'}",
+                     "--override", "trainer.fast_dev_run=true", "--seeds", "0", "--kmer", "0",
+                     "--out", str(tmp_path / "res")]) == 0
+    out = capsys.readouterr()
+    md = (tmp_path / "res" / "results.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| dataset"))
+    assert "hyenadna-tiny-1k (random weights) (smoke run: fast_dev_run)" in header
+    assert "Not comparable with the published numbers" in md
+    assert "random weights" in out.err
+
+
+# ------------------------------------------------------------------------------- 3: no tracebacks
+def test_embed_into_an_unwritable_place_is_one_line(data, tmp_path):
+    line = one_error_line(bioseq("embed", "-m", "hyenadna-tiny-1k", data["seqs"], "-o", "/proc/bioseq-x.h5",
+                                 cwd=tmp_path), "embed")
+    assert "cannot write in /proc" in line
+
+
+def test_embed_output_that_is_a_directory_is_one_line_and_leaves_nothing(data, tmp_path):
+    (tmp_path / "outdir").mkdir()
+    line = one_error_line(bioseq("embed", "-m", "hyenadna-tiny-1k", data["seqs"], "-o", "outdir",
+                                 "--overwrite", cwd=tmp_path), "embed")
+    assert "outdir: is a directory" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outdir"]  # no outdir.tmp, no .outdir.parts
+
+
+def test_probe_empty_label_cell_is_one_line(data, tmp_path):
+    lines = data["train3"].read_text().splitlines()
+    lines[5] = lines[5].split("\t")[0] + "\t"
+    (tmp_path / "tr.tsv").write_text("\n".join(lines) + "\n")
+    out = bioseq("probe", "--train", "tr.tsv", "--test", data["test3"], "--k", "2", "--out", "p",
+                 cwd=tmp_path)
+    assert "tr.tsv: record 4 has an empty label" in one_error_line(out, "probe")
+
+
+def test_finetune_download_without_network_is_one_line(tmp_path, capsys):
+    argv = ["finetune", "fit", "--config", "human_nontata_promoters", "--data.data_dir", str(tmp_path),
+            "--data.download=true", "--data.download_url", "http://127.0.0.1:9/none.tar.gz",
+            "--trainer.fast_dev_run=true"]
+    assert cli.main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(err) == 1 and "--data.download: cannot download" in err[0]
+
+
+# ------------------------------------------------------------------------------- 4: inputs are safe
+def test_embed_refuses_to_write_over_its_input(data, tmp_path):
+    fa = tmp_path / "in.fa"
+    fa.write_bytes(data["seqs"].read_bytes())
+    line = one_error_line(bioseq("embed", "-m", "hyenadna-tiny-1k", "in.fa", "-o", "in.fa", "--overwrite",
+                                 cwd=tmp_path), "embed")
+    assert "that is an input file" in line
+    assert fa.read_bytes() == data["seqs"].read_bytes()
+
+
+def test_failed_embed_leaves_no_parts_directory(data, tmp_path, capsys):
+    out = tmp_path / "l.h5"
+    assert cli.main(["embed", "-q", "-m", "hyenadna-tiny-1k", str(data["seqs"]), "-o", str(out),
+                     "--layers", "99"]) == 2
+    assert "--layers 99 out of range" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------- 5: hints name real flags
+def test_fasta_error_hints_name_the_commands_own_flags(tmp_path, capsys):
+    dup, empty = tmp_path / "dup.fa", tmp_path / "empty.fa"
+    dup.write_text(">a\nACGT\n>a\nACGA\n")
+    empty.write_text(">a\n>b\nACGT\n")
+    for k, (command, path, flag) in enumerate((("embed", dup, "--dedupe"), ("embed", empty, "--skip-empty"),
+                                               ("inspect", dup, "--allow-duplicates"),
+                                               ("inspect", empty, "--skip-empty"))):
+        out = str(tmp_path / f"x{k}.h5")
+        extra = ["-q", "-m", "hyenadna-tiny-1k", "-o", out] if command == "embed" else []
+        assert cli.main([command, str(path), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert flag in err and "CLI:" not in err and "=True" not in err, err
+        assert cli.main([command, str(path), *extra, flag]) == 0, capsys.readouterr().err  # the flag exists
+        capsys.readouterr()
+
+
+# ------------------------------------------------------------------------------- 6: pipes, stdin, folders
+def test_inspect_and_embed_read_stdin_and_pipes(data, tmp_path):
+    text = data["seqs"].read_text()
+    for arg in ("-", "/dev/stdin"):
+        out = bioseq("inspect", arg, cwd=tmp_path, stdin=text)
+        assert out.returncode == 0, out.stderr
+        assert "records           6" in out.stdout
+    out = bioseq("embed", "-q", "-m", "hyenadna-tiny-1k", "-", "-o", "s.h5", cwd=tmp_path, stdin=text)
+    assert out.returncode == 0, out.stderr
+    from bioseq.embed import read_embeddings
+
+    assert read_embeddings(tmp_path / "s.h5")["ids"] == [f"r{i}" for i in range(6)]
+
+
+def test_directory_input_says_directory(tmp_path, capsys):
+    embed = ["embed", "-m", "hyenadna-tiny-1k", str(tmp_path), "-o", "x.h5"]
+    for argv in (["inspect", str(tmp_path)], embed):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "is a directory, not a FASTA file" in err and "no such" not in err
+
+
+def test_embed_argument_checks_need_no_torch():
+    import bioseq.embed
+    import bioseq.pooling
+    from bioseq.commands import embed
+
+    assert embed.POOLS == bioseq.pooling.POOLS and embed.LONG_POLICIES == bioseq.embed.LONG_POLICIES
+    code = ("import sys; from bioseq.cli import main; rc = main(['embed', '-m', 'x', 'missing.fa', '-o', "
+            "'o.h5']); print(rc, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["2", "False"], out.stderr
+
+
+# ------------------------------------------------------------------------------- 7: alphabet named up front
+def test_pretrain_names_the_first_bad_character(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    seq = "".join(rng.choice(list("ACGT"), 5000))
+    seq = seq[:309] + "J" + seq[310:]
+    (tmp_path / "bad.fa").write_text(">chr1\n" + "\n".join(seq[i:i + 60] for i in range(0, 5000, 60)) + "\n")
+    assert cli.main(["pretrain", "fit", "--config", "hyenadna-tiny-ecoli", "--data.fasta",
+                     str(tmp_path / "bad.fa"), "--trainer.fast_dev_run=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.fa, record 'chr1', position 310: invalid DNA character 'J'" in err[0]
+
+
+def test_pretrain_on_protein_says_protein(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    residues = list("ACDEFGHIKLMNPQRSTVWY")
+    records = [f">p{i}\nM{''.join(rng.choice(residues, 80))}\n" for i in range(20)]
+    (tmp_path / "p.faa").write_text("".join(records))
+    assert cli.main(["pretrain", "fit", "--config", "hyenadna-tiny-ecoli", "--data.fasta",
+                     str(tmp_path / "p.faa"), "--trainer.fast_dev_run=true"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "record 'p0'" in err[0] and "invalid DNA character" in err[0]
+    assert "looks like protein" in err[0] and "empty" not in err[0]
+
+
+# ------------------------------------------------------------------------------- 10: setup and labels
+def test_make_demo_installs_no_dev_extras(tmp_path):
+    venv = tmp_path / "venv"
+    demo = subprocess.run(["make", "-n", "demo", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True)
+    test = subprocess.run(["make", "-n", "test", f"VENV={venv}"], cwd=REPO, capture_output=True, text=True)
+    assert demo.returncode == 0 and test.returncode == 0, demo.stderr + test.stderr
+    assert "pip install" in demo.stdout and "[dev]" not in demo.stdout and "triton" not in demo.stdout
+    assert '".[dev]"' in test.stdout
+
+
+def test_probe_refuses_train_and_test_of_different_datasets(data, tmp_path, capsys):
+    for name in ("human_ocr_ensembl", "human_enhancers_cohn"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data.tsv").write_bytes(data["train3"].read_bytes())
+    argv = ["probe", "--train", str(tmp_path / "human_ocr_ensembl" / "data.tsv"), "--test",
+            str(tmp_path / "human_enhancers_cohn" / "data.tsv"), "--k", "2", "--out", str(tmp_path / "p")]
+    assert cli.main(argv) == 2
+    assert "--train is human_ocr_ensembl but --test is human_enhancers_cohn" in capsys.readouterr().err
+    spec = f"human_ocr_ensembl:train={argv[2]},test={argv[4]}"
+    line = one_error_line(bioseq("benchmark", "human_ocr_ensembl", "--data-file", spec, cwd=tmp_path),
+                          "benchmark")
+    assert "is from human_enhancers_cohn, not human_ocr_ensembl" in line
+
+
+def test_probe_names_the_dataset_from_the_path_and_shows_published_numbers(data, tmp_path, capsys):
+    d = tmp_path / "data" / "human_nontata_promoters_files"
+    d.mkdir(parents=True)
+    (d / "human_nontata_promoters_train.tsv").write_bytes(data["train3"].read_bytes())
+    (d / "human_nontata_promoters_test.tsv").write_bytes(data["test3"].read_bytes())
+    assert cli.main(["probe", "--train", str(d / "human_nontata_promoters_train.tsv"), "--test",
+                     str(d / "human_nontata_promoters_test.tsv"), "--k", "2",
+                     "--out", str(tmp_path / "p")]) == 0
+    md = (tmp_path / "p" / "results.md").read_text()
+    assert "| human_nontata_promoters |" in md and "- GB-CNN:" in md
