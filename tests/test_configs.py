@@ -108,3 +108,35 @@ def test_config_fast_dev_run(path: Path, tiny, tmp_path):
     cfg = yaml.safe_load(path.read_text())
     argv = command_for(path, cfg, tiny) + trainer_overrides(cfg, tmp_path)
     assert cli.main(argv) == 0, " ".join(argv)
+
+
+# ------------------------------------------------------------------ shipped configs, found by name
+def test_configs_ship_inside_the_package_and_are_found_by_name():
+    from importlib import resources
+
+    from bioseq.config_files import config_root, find_config, shipped_configs
+    from bioseq.finetune import suite
+
+    root = Path(str(resources.files("bioseq.configs")))
+    assert config_root() == root and suite.CONFIG_ROOT == root / "finetune"
+    assert set(shipped_configs()) == {p.relative_to(CONFIGS).with_suffix("").as_posix() for p in ALL}
+    hg38 = root / "pretrain" / "hyenadna-tiny-hg38.yaml"
+    nontata = root / "finetune" / "genomic_benchmarks" / "human_nontata_promoters.yaml"
+    assert find_config("hyenadna-tiny-hg38", "pretrain") == hg38
+    assert find_config("pretrain/hyenadna-tiny-hg38.yaml") == hg38
+    for name in ("human_nontata_promoters", "genomic_benchmarks/human_nontata_promoters",
+                 "finetune/genomic_benchmarks/human_nontata_promoters"):
+        assert find_config(name, "finetune") == nontata
+    assert find_config(str(hg38), "finetune") == hg38  # a path is taken as it is
+    from bioseq.errors import BioseqError
+
+    with pytest.raises(BioseqError, match="no shipped config of that name"):
+        find_config("hyenadna-tiny-hg38", "finetune")
+
+
+def test_list_configs(capsys):
+    assert cli.main(["finetune", "--list-configs"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert "genomic_benchmarks/human_nontata_promoters" in listed and "nucleotide_transformer/H3" in listed
+    assert cli.main(["pretrain", "--help"]) == 0
+    assert "hyenadna-tiny-ecoli" in capsys.readouterr().out
