@@ -110,18 +110,23 @@ class _SLSTMScan(torch.autograd.Function):
         hs, cs, ns, ms = (wx.new_empty(S + 1, NH, B, DH) for _ in range(4))
         for buf, s0 in zip((hs, cs, ns, ms), (h0, c0, n0, m0)):
             buf[0] = s0.transpose(0, 1)
+        # per-step views made once (indexing inside the loop costs more than the arithmetic at these sizes)
+        wxb_t, raw_t = wxb.unbind(0), raw.unbind(0)
+        i_t, f_t, z_t, o_t = (g.unbind(0) for g in raw.view(S, NH, B, 4, DH).unbind(3))
+        hs_t, cs_t, ns_t, ms_t = (x.unbind(0) for x in (hs, cs, ns, ms))
+        fresh = ns[0] == 0
         for t in range(S):
-            torch.baddbmm(wxb[t], hs[t], R, out=raw[t])
-            i, f, z, o = raw[t].view(NH, B, 4, DH).unbind(2)
-            lf_m = F.logsigmoid(f).add_(ms[t])
-            m_new = torch.maximum(lf_m, i, out=ms[t + 1])
+            torch.baddbmm(wxb_t[t], hs_t[t], R, out=raw_t[t])
+            i = i_t[t]
+            lf_m = F.logsigmoid(f_t[t]).add_(ms_t[t])
+            m_new = torch.maximum(lf_m, i, out=ms_t[t + 1])
             if t == 0:
-                m_new.copy_(torch.where(ns[0] == 0, i, m_new))
-            i_act = torch.exp(i - m_new)
-            f_act = torch.exp(lf_m.sub_(m_new))
-            c_new = torch.addcmul(f_act * cs[t], i_act, torch.tanh(z), out=cs[t + 1])
-            n_new = torch.addcmul(i_act, f_act, ns[t], out=ns[t + 1])
-            torch.mul(torch.sigmoid(o), c_new.div(n_new), out=hs[t + 1])
+                m_new.copy_(torch.where(fresh, i, m_new))
+            i_act = torch.sub(i, m_new).exp_()
+            f_act = lf_m.sub_(m_new).exp_()
+            c_new = torch.mul(f_act, cs_t[t], out=cs_t[t + 1]).addcmul_(i_act, z_t[t].tanh())
+            n_new = torch.addcmul(i_act, f_act, ns_t[t], out=ns_t[t + 1])
+            torch.mul(o_t[t].sigmoid(), c_new / n_new, out=hs_t[t + 1])
         ctx.save_for_backward(R, raw, hs, cs, ns, ms)
         h = hs[1:].permute(2, 0, 1, 3)                                         # [B, S, NH, DH]
         last = [x[-1].transpose(0, 1).clone() for x in (hs, cs, ns, ms)]
@@ -144,13 +149,14 @@ class _SLSTMScan(torch.autograd.Function):
         P = torch.stack([i_act * z_act, f_act * cs[:-1] * sig_nf, i_act * (1 - z_act * z_act), zero], 3)
         Q = torch.stack([i_act, f_act * ns[:-1] * sig_nf, zero, zero], 3)
         O = torch.stack([zero, zero, zero, c / n * o_act * (1 - o_act)], 3)
-        dc_coef, dn_coef = o_act / n, hs[1:] / n                                # dh -> dc (+), dn (-)
+        # dh, dc, dn are carried as [NH, B, 1, DH] so that they broadcast over the gate axis of draw
+        dc_coef, dn_coef = (o_act / n)[:, :, :, None], (hs[1:] / n)[:, :, :, None]  # dh -> dc (+), dn (-)
         gh = dh.permute(1, 2, 0, 3).contiguous()                               # [S, NH, B, DH]
         gh[-1] += dh_T.transpose(0, 1)
         draw = torch.empty_like(raw)
         R_t = R.transpose(1, 2)
         dh_rec = torch.zeros_like(gh[0])
-        dc, dn = dc_T.transpose(0, 1).contiguous(), dn_T.transpose(0, 1).contiguous()
+        dc, dn = (x.transpose(0, 1)[:, :, None].contiguous() for x in (dc_T, dn_T))
         # The returned m, and the returned c, n through it (the constant-stabiliser gradient misses
         # -c dc_T - n dn_T there), go back through m_t = max(lf_t + m_{t-1}, i_t) alongside.
         dm = (dm_T - dc_T * cs[-1].transpose(0, 1) - dn_T * ns[-1].transpose(0, 1)).transpose(0, 1)
@@ -159,19 +165,22 @@ class _SLSTMScan(torch.autograd.Function):
             dm = dm.contiguous()
             took_i = _took_input_gate(i, lf, ms, ns[0]).to(i.dtype)
             to_f, keep = (1 - took_i) * sig_nf, 1 - took_i
+        gh_t = gh[:, :, :, None].unbind(0)
+        draw_t, draw4_t = draw.unbind(0), draw.view(S, NH, B, 4, DH).unbind(0)
+        P_t, Q_t, O_t, f_act_t = P.unbind(0), Q.unbind(0), O.unbind(0), f_act[:, :, :, None].unbind(0)
+        dc_coef_t, dn_coef_t = dc_coef.unbind(0), dn_coef.unbind(0)
         for t in range(S - 1, -1, -1):
-            d_h = dh_rec.add_(gh[t])
-            dc_tot = torch.addcmul(dc, d_h, dc_coef[t])
-            dn_tot = torch.addcmul(dn, d_h, dn_coef[t], value=-1.0)
-            d = draw[t].view(NH, B, 4, DH)
-            torch.mul(P[t], dc_tot[:, :, None], out=d)
-            d.addcmul_(Q[t], dn_tot[:, :, None]).addcmul_(O[t], d_h[:, :, None])
+            d_h = dh_rec.view(NH, B, 1, DH).add_(gh_t[t])
+            dc_tot = torch.addcmul(dc, d_h, dc_coef_t[t])
+            dn_tot = torch.addcmul(dn, d_h, dn_coef_t[t], value=-1.0)
+            d = torch.mul(P_t[t], dc_tot, out=draw4_t[t]).addcmul_(Q_t[t], dn_tot).addcmul_(O_t[t], d_h)
             if chain:
                 d[:, :, 0].addcmul_(took_i[t], dm)
                 d[:, :, 1].addcmul_(to_f[t], dm)
                 dm.mul_(keep[t])
-            dh_rec = torch.bmm(draw[t], R_t)
-            dc, dn = dc_tot.mul_(f_act[t]), dn_tot.mul_(f_act[t])
+            dh_rec = torch.bmm(draw_t[t], R_t)
+            dc, dn = dc_tot.mul_(f_act_t[t]), dn_tot.mul_(f_act_t[t])
+        dc, dn = dc[:, :, 0], dn[:, :, 0]
         dh0, dc0, dn0 = dh_rec, dc, dn
         dm0 = dc0 * cs[0] + dn0 * ns[0] + (dm if chain else 0.0)   # m0 rescales c0, n0
 
