@@ -299,17 +299,20 @@ TOL_KERNEL = 2e-6 if DEVICE == "cpu" else 2e-5
 @needs_kernels
 @pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
 def test_kernel_matches_ref_with_state(kernels, case):
+    """Against the reference in float64. Gradient tolerance 5e-5: dm0 = <dC0, C0> + <dn0, n0> sums DH^2
+    products with cancellation (the float32 reference itself is ~1e-5 off there)."""
     B, NH, S, DH, chunk = case
     x, s0 = kernel_inputs(B, NH, S, DH)
     h, st = kernels.mlstm_chunkwise_triton(*x, chunk_size=chunk, initial_state=s0, return_state=True)
-    h_ref, st_ref = mlstm_chunkwise(*x, chunk_size=chunk, initial_state=s0, return_state=True)
+    x64, s64 = ([t.detach().double().requires_grad_() for t in ts] for ts in (x, s0))
+    h_ref, st_ref = mlstm_chunkwise(*x64, chunk_size=chunk, initial_state=s64, return_state=True)
     assert h.shape == h_ref.shape and h.dtype == torch.float32
     assert max_rel(h, h_ref) < TOL_KERNEL
     for a, b in zip(st, st_ref):
         assert a.shape == b.shape and a.dtype == torch.float32 and max_rel(a, b) < TOL_KERNEL
-    got, want = grads((h, st), x + s0), grads((h_ref, st_ref), x + s0)
+    got, want = grads((h, st), x + s0), grads((h_ref, st_ref), x64 + s64)
     for name, a, b in zip(NAMES, got, want):
-        assert max_rel(a, b) < 10 * TOL_KERNEL, (name, max_rel(a, b))
+        assert max_rel(a, b) < 5e-5, (name, max_rel(a, b))
 
 
 @needs_kernels
@@ -366,6 +369,8 @@ for L, BD in ((64, 64), (16, 16)):
     compile_(MK._chunk_out_kernel, consts, warps, floats=("eps",))
     compile_(MK._chunk_bwd_kernel, consts, warps)
     compile_(MK._chunk_state_bwd_kernel, consts, warps)
+    compile_(MK._chunk_states_kernel, {"BD": BD, "BR": MK.STATE_ROWS}, 4)
+    compile_(MK._chunk_states_bwd_kernel, {"BD": BD, "BR": MK.STATE_ROWS}, 4)
 print("compiled")
 """
 

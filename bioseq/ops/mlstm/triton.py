@@ -8,8 +8,8 @@ D[r, s] = exp(u_s - M_r) for s <= r, w_r = exp(m_chunk - M_r)):
 Forward
 - ``_chunk_kv_kernel``: kv_c = sum_s exp(g_s - g_max) ks_s v_s^T and ksum_c (g_s = log weight of token s in
   its chunk's end state, g_max its chunk maximum): [DH, DH] and [DH] per chunk.
-- torch: the stabiliser m and the states (C, n) at every chunk boundary, one [B, NH] / [B, NH, DH, DH]
-  multiply-add per chunk (``_chunk_states``).
+- ``_chunk_states_kernel``: the stabiliser m and the states (C, n) at every chunk boundary; one program per
+  head and block of state rows walks the chunks.
 - ``_chunk_out_kernel``: A = (q ks^T) * D, num = A v + w (q C), den = rowsum(A) + w (q . n),
   h = num / (max(|den|, exp(-m_t)) + eps); also stores M, den and the normaliser for the backward.
 
@@ -17,7 +17,8 @@ Backward (every stabiliser held constant; the gradient that flows through m is a
 ``ref._stabiliser_chain_grad``, as in the reference):
 - ``_chunk_bwd_kernel``: recomputes D and A; dq, the intra-chunk dks and dv, and the chunk's contribution
   to the gradient of its start state (dC_out = sum_r w_r q_r dnum_r^T, dn_out).
-- torch: the gradient w.r.t. every chunk's end state, back through the state recurrence.
+- ``_chunk_states_bwd_kernel``: the gradient w.r.t. every chunk's end state, back through the state
+  recurrence (the same walk in reverse).
 - ``_chunk_state_bwd_kernel``: adds the end-state terms to dks and dv and forms the gate gradients from the
   identities di_s = ks_s . dks_s and d lf_cum_r = q_r . dq_r - ks_r . dks_r.
 - torch: the chunk-end term of d lf_cum, the cumsum back to d lf, the stabiliser chain, df, dm0.
@@ -226,6 +227,60 @@ def _chunk_state_bwd_kernel(q_ptr, ks_ptr, v_ptr, g_ptr, m_ptr, dCe_ptr, dne_ptr
     tl.store(dlfc_ptr + tok, tl.sum(q * dq, 1) - di)
 
 
+@triton.jit
+def _chunk_states_kernel(kv_ptr, ksum_ptr, gmax_ptr, lftot_ptr, Cs_ptr, ns_ptr, ms_ptr, NC, D,
+                         BD: tl.constexpr, BR: tl.constexpr):
+    """Grid (B * NH, cdiv(D, BR)): rows [BR * pid(1), +BR) of C and n. Cs/ns/ms [B*NH, NC+1, ...] hold the
+    initial state at index 0; kv/ksum [B*NH, NC, ...] are stabilised by the chunk's g_max."""
+    bh = tl.program_id(0).to(tl.int64)
+    rt = tl.program_id(1)
+    r = rt * BR + tl.arange(0, BR)
+    d = tl.arange(0, BD)
+    mask = (r < D)[:, None] & (d < D)[None, :]
+    tile = r[:, None] * D + d[None, :]
+    C = tl.load(Cs_ptr + bh * (NC + 1) * D * D + tile, mask=mask, other=0.0)
+    n = tl.load(ns_ptr + bh * (NC + 1) * D + r, mask=r < D, other=0.0)
+    m = tl.load(ms_ptr + bh * (NC + 1))
+    for c in range(0, NC):
+        lt = tl.load(lftot_ptr + bh * NC + c)
+        gm = tl.load(gmax_ptr + bh * NC + c)
+        m_new = tl.maximum(lt + m, gm)
+        decay = tl.exp(lt + m - m_new)
+        scale = tl.exp(gm - m_new)
+        C = decay * C + scale * tl.load(kv_ptr + (bh * NC + c) * D * D + tile, mask=mask, other=0.0)
+        n = decay * n + scale * tl.load(ksum_ptr + (bh * NC + c) * D + r, mask=r < D, other=0.0)
+        tl.store(Cs_ptr + (bh * (NC + 1) + c + 1) * D * D + tile, C, mask=mask)
+        tl.store(ns_ptr + (bh * (NC + 1) + c + 1) * D + r, n, mask=r < D)
+        tl.store(ms_ptr + bh * (NC + 1) + c + 1, m_new, mask=rt == 0)
+        m = m_new
+
+
+@triton.jit
+def _chunk_states_bwd_kernel(dCo_ptr, dno_ptr, decay_ptr, dCT_ptr, dnT_ptr, dCe_ptr, dne_ptr, dC0_ptr,
+                             dn0_ptr, NC, D, BD: tl.constexpr, BR: tl.constexpr):
+    """Grid (B * NH, cdiv(D, BR)). dC_end[c] = G_{c+1}, G_c = dC_out[c] + decay_c G_{c+1}, G_NC = dC_T;
+    writes dC_end, dn_end [B*NH, NC, ...] and G_0 (dC0, dn0)."""
+    bh = tl.program_id(0).to(tl.int64)
+    r = tl.program_id(1) * BR + tl.arange(0, BR)
+    d = tl.arange(0, BD)
+    mask = (r < D)[:, None] & (d < D)[None, :]
+    tile = r[:, None] * D + d[None, :]
+    G = tl.load(dCT_ptr + bh * D * D + tile, mask=mask, other=0.0)
+    gn = tl.load(dnT_ptr + bh * D + r, mask=r < D, other=0.0)
+    for k in range(0, NC):
+        c = NC - 1 - k
+        tl.store(dCe_ptr + (bh * NC + c) * D * D + tile, G, mask=mask)
+        tl.store(dne_ptr + (bh * NC + c) * D + r, gn, mask=r < D)
+        decay = tl.load(decay_ptr + bh * NC + c)
+        G = tl.load(dCo_ptr + (bh * NC + c) * D * D + tile, mask=mask, other=0.0) + decay * G
+        gn = tl.load(dno_ptr + (bh * NC + c) * D + r, mask=r < D, other=0.0) + decay * gn
+    tl.store(dC0_ptr + bh * D * D + tile, G, mask=mask)
+    tl.store(dn0_ptr + bh * D + r, gn, mask=r < D)
+
+
+STATE_ROWS = 16   # rows of C per program in the state walks
+
+
 def _warps(L: int, BD: int) -> int:
     """8 warps for [64, 64] tiles (a dozen of them are live in the backward), else 4."""
     return 8 if L * BD >= 4096 else 4
@@ -235,23 +290,6 @@ def _flat(x: torch.Tensor, L: int, fill: float) -> torch.Tensor:
     """[B, NH, S, ...] -> contiguous fp32 [B * NH, S_pad, ...] padded with `fill` to whole chunks."""
     x = _chunks(x, L, fill)
     return x.reshape(x.shape[0] * x.shape[1], -1, *x.shape[4:]).float().contiguous()
-
-
-def _chunk_states(kv, ksum, g_max, lf_tot, C0, n0, m0):
-    """States at every chunk boundary: Cs [BH, NC+1, D, D], ns [BH, NC+1, D], ms [BH, NC+1]; and the
-    per-chunk decay exp(lf_tot + m_c - m_{c+1}) [BH, NC]."""
-    BH, NC, D, _ = kv.shape
-    ms = kv.new_empty(BH, NC + 1)
-    Cs, ns = kv.new_empty(BH, NC + 1, D, D), kv.new_empty(BH, NC + 1, D)
-    ms[:, 0], Cs[:, 0], ns[:, 0] = m0, C0, n0
-    for c in range(NC):
-        torch.maximum(lf_tot[:, c] + ms[:, c], g_max[:, c], out=ms[:, c + 1])
-    decay = torch.exp(lf_tot + ms[:, :-1] - ms[:, 1:])
-    scale = torch.exp(g_max - ms[:, 1:])
-    for c in range(NC):
-        torch.addcmul(scale[:, c, None, None] * kv[:, c], decay[:, c, None, None], Cs[:, c], out=Cs[:, c + 1])
-        torch.addcmul(scale[:, c, None] * ksum[:, c], decay[:, c, None], ns[:, c], out=ns[:, c + 1])
-    return Cs, ns, ms, decay
 
 
 class _MLSTMTriton(torch.autograd.Function):
@@ -270,8 +308,11 @@ class _MLSTMTriton(torch.autograd.Function):
         kv = qf.new_empty(BH, NC, D, D)
         ksum = qf.new_empty(BH, NC, D)
         _chunk_kv_kernel[grid](ksf, vf, g, g_max, kv, ksum, S_pad, NC, D, L=L, BD=BD)
-        Cs, ns, ms, _ = _chunk_states(kv, ksum, g_max, lf_tot, C0.reshape(BH, D, D).float(),
-                                      n0.reshape(BH, D).float(), m0.reshape(BH).float())
+        ms = qf.new_empty(BH, NC + 1)
+        Cs, ns = qf.new_empty(BH, NC + 1, D, D), qf.new_empty(BH, NC + 1, D)
+        ms[:, 0], Cs[:, 0], ns[:, 0] = m0.reshape(BH), C0.reshape(BH, D, D), n0.reshape(BH, D)
+        _chunk_states_kernel[(BH, triton.cdiv(D, STATE_ROWS))](kv, ksum, g_max, lf_tot, Cs, ns, ms, NC, D,
+                                                               BD=BD, BR=STATE_ROWS)
         h = torch.empty_like(qf)
         M, den, norm = (torch.empty_like(i) for _ in range(3))
         _chunk_out_kernel[grid](qf, ksf, vf, i, lf_cum, Cs, ns, ms, h, M, den, norm, S_pad, NC, D, eps,
@@ -301,14 +342,12 @@ class _MLSTMTriton(torch.autograd.Function):
         _chunk_bwd_kernel[grid](qf, ksf, vf, i, lf_cum, Cs, ns, ms, h, M, den, norm, dhf, dq, dks, dv,
                                 dC_out, dn_out, dnorm, S_pad, NC, D, L=L, BD=BD, num_warps=_warps(L, BD))
         # gradient w.r.t. every chunk's end state, back through C_{c+1} = decay_c C_c + ...
-        decay = torch.exp(lf_tot + ms[:, :-1] - ms[:, 1:])
+        decay = torch.exp(lf_tot + ms[:, :-1] - ms[:, 1:]).contiguous()
         dC_end, dn_end = torch.empty_like(dC_out), torch.empty_like(dn_out)
-        dC_end[:, -1], dn_end[:, -1] = dC_T.reshape(BH, D, D), dn_T.reshape(BH, D)
-        for c in range(NC - 1, 0, -1):
-            torch.addcmul(dC_out[:, c], decay[:, c, None, None], dC_end[:, c], out=dC_end[:, c - 1])
-            torch.addcmul(dn_out[:, c], decay[:, c, None], dn_end[:, c], out=dn_end[:, c - 1])
-        dC0 = torch.addcmul(dC_out[:, 0], decay[:, 0, None, None], dC_end[:, 0])
-        dn0 = torch.addcmul(dn_out[:, 0], decay[:, 0, None], dn_end[:, 0])
+        dC0, dn0 = qf.new_empty(BH, D, D), qf.new_empty(BH, D)
+        _chunk_states_bwd_kernel[(BH, triton.cdiv(D, STATE_ROWS))](
+            dC_out, dn_out, decay, dC_T.reshape(BH, D, D).float().contiguous(),
+            dn_T.reshape(BH, D).float().contiguous(), dC_end, dn_end, dC0, dn0, NC, D, BD=BD, BR=STATE_ROWS)
         _chunk_state_bwd_kernel[grid](qf, ksf, vf, g, ms, dC_end, dn_end, dq, dks, dv, di, dlf_cum,
                                       S_pad, NC, D, L=L, BD=BD, num_warps=_warps(L, BD))
         # a chunk's end state is proportional to exp(lf_cum at the chunk end); m0 enters as C0, n0 exp(m0)
