@@ -273,7 +273,10 @@ class HeadwiseLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def channels_first(self, x: torch.Tensor) -> torch.Tensor:
-        """The same map on ``x [B, NB * I, L]`` -> ``[B, NB * O, L]`` (a grouped 1x1 convolution)."""
+        """The same map on ``x [B, NB * I, L]`` -> ``[B, NB * O, L]``: a grouped 1x1 convolution (fast for
+        long inputs; for a few positions, e.g. a recurrent step, one batched product is faster)."""
+        if x.shape[-1] < 64:
+            return self.forward(x.transpose(1, 2)).transpose(1, 2)
         w = self.weight.reshape(-1, self.weight.shape[-1], 1)
         return F.conv1d(x, w, self.bias, groups=self.num_blocks)
 
@@ -294,7 +297,11 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     if window is None:
         return causal_conv1d(x.transpose(1, 2), weight, bias).transpose(1, 2), None
     full = torch.cat([window.to(x.dtype), x], dim=1)                      # [B, K-1+L, D]
-    y = causal_conv1d(full.transpose(1, 2), weight, bias).transpose(1, 2)[:, K - 1:]
+    if x.shape[1] == 1:                                   # a recurrent step: one dot product per channel
+        y = (full * weight.T).sum(1, keepdim=True)
+        y = y if bias is None else y + bias
+    else:
+        y = causal_conv1d(full.transpose(1, 2), weight, bias).transpose(1, 2)[:, K - 1:]
     return y, full[:, full.shape[1] - (K - 1):]
 
 
@@ -395,8 +402,11 @@ class MLSTMLayer(nn.Module):
         if window is None:
             xc = causal_conv1d(xm, self.conv_weight, self.conv_bias)
         else:
-            full = torch.cat([window.transpose(1, 2).to(xm.dtype), xm], dim=2)
-            xc = causal_conv1d(full, self.conv_weight, self.conv_bias)[..., K - 1:]
+            full = torch.cat([window.transpose(1, 2).to(xm.dtype), xm], dim=2)   # [B, E, K-1+L]
+            if L == 1:                                    # a recurrent step: one dot product per channel
+                xc = (full * self.conv_weight).sum(-1, keepdim=True) + self.conv_bias[:, None]
+            else:
+                xc = causal_conv1d(full, self.conv_weight, self.conv_bias)[..., K - 1:]
             window = full[..., full.shape[-1] - (K - 1):].transpose(1, 2)
         xc = F.silu(xc)
         q, k = self.q_proj.channels_first(xc), self.k_proj.channels_first(xc)
@@ -734,6 +744,14 @@ class XLSTM(Backbone):
             x = self.norm_f(x)
         return x, hidden_states, new_states
 
+    def _join_strands(self, h: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """[h_fwd; h_rc] stacked on the batch -> RCPS ``[h_fwd | flip_LC(h_rc)]`` or conjoined
+        ``(h_fwd + flip_L(h_rc)) / 2``."""
+        h_fwd, h_rc = h.chunk(2, dim=0)
+        if self.config.rcps:
+            return torch.cat([h_fwd, flip_within(h_rc, lengths).flip(-1)], dim=-1)
+        return 0.5 * (h_fwd + flip_within(h_rc, lengths))
+
     def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, output_hidden_states: bool = False, state=None,
                 position_ids: torch.Tensor | None = None):
@@ -741,8 +759,8 @@ class XLSTM(Backbone):
         [B, L] (right padding), position_ids [B, L] (RoPE positions; optional), state (causal models).
 
         Returns hidden [B, L, hidden_size]; with ``output_hidden_states`` also the embeddings and the
-        residual stream after each block (before the final norm; RCPS/conjoined models: of the forward
-        strand); with ``state`` also the new state.
+        residual stream after each block (before the final norm; RCPS/conjoined models: both strands
+        joined as the output is); with ``state`` also the new state.
         """
         self.check_state_arg(state)
         c = self.config
@@ -766,12 +784,7 @@ class XLSTM(Backbone):
             rc_rows = torch.arange(2 * B, device=x.device) >= B
             h, hs, _ = self._stack(torch.cat([a, rc]), torch.cat([position_ids, position_ids]),
                                    None if lengths is None else torch.cat([lengths, lengths]), rc_rows, None)
-            h_fwd, h_rc = h.chunk(2, dim=0)
-            if c.rcps:
-                h = torch.cat([h_fwd, flip_within(h_rc, lengths).flip(-1)], dim=-1)
-            else:
-                h = 0.5 * (h_fwd + flip_within(h_rc, lengths))
-            hs = [t[:B] for t in hs]
+            h, hs = self._join_strands(h, lengths), [self._join_strands(t, lengths) for t in hs]
             new_states = None
         else:
             states = None if state is None else state["blocks"]
