@@ -688,6 +688,10 @@ def config_from_mamba_ssm(d: dict[str, Any], **overrides) -> MambaConfig:
             raise BioseqError(f"config.json: ssm_cfg.{k}=true is not supported")
         elif k == "rmsnorm" and not v:
             raise BioseqError("config.json: Mamba-2 without the gated RMSNorm is not supported")
+        elif k == "activation" and v not in ("silu", "swish"):
+            raise BioseqError(f"config.json: ssm_cfg.activation {v!r} is not supported (silu only)")
+        elif k == "dt_limit" and (float(v[0]) != 0.0 or float(v[1]) != float("inf")):
+            raise BioseqError(f"config.json: ssm_cfg.dt_limit {v} is not supported (only (0, inf))")
         elif k not in ignored:
             raise BioseqError(f"config.json: ssm_cfg.{k} is not supported")
     kw.update(overrides)

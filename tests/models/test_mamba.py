@@ -272,3 +272,28 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         model.lm_logits(model(ids)).square().mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     assert _max_diff(grads[0], grads[1]) <= 1e-6
+
+
+@pytest.mark.parametrize("ssm_cfg, match", [
+    (dict(layer="Mamba3"), "Mamba1 or Mamba2"),
+    (dict(layer="Mamba2", headdim=16, dt_limit=[0.001, 0.1]), "dt_limit"),
+    (dict(layer="Mamba2", headdim=16, activation="relu"), "activation"),
+    (dict(layer="Mamba1", some_new_option=1), "some_new_option"),
+], ids=["layer", "dt_limit", "activation", "unknown"])
+def test_unsupported_mamba_ssm_configs_are_errors(ssm_cfg, match):
+    from bioseq.models.mamba import config_from_mamba_ssm
+
+    with pytest.raises(BioseqError, match=match):
+        config_from_mamba_ssm(dict(d_model=64, n_layer=2, vocab_size=16, ssm_cfg=ssm_cfg))
+
+
+def test_unsupported_transformers_configs_are_errors():
+    from bioseq.models.mamba import config_from_hf
+
+    base = dict(model_type="mamba2", hidden_size=64, num_hidden_layers=2, vocab_size=16, head_dim=16,
+                num_heads=8)
+    with pytest.raises(BioseqError, match="time_step_limit"):
+        config_from_hf({**base, "time_step_limit": [0.0, 0.1]})
+    with pytest.raises(BioseqError, match="num_heads"):
+        config_from_hf({**base, "num_heads": 4})
+    assert config_from_hf(base).nheads == 8
