@@ -200,6 +200,19 @@ def _scan_segment(a, P, h, duseg, Bseg, state):
     return starts, state
 
 
+def _contract_n(Cseg: torch.Tensor, h: torch.Tensor, scratch: torch.Tensor) -> torch.Tensor:
+    """sum_n C[n] h[n, d] for every step: Cseg [batch, nc, T, N, G], h [batch, nc, T, N, dim] ->
+    [batch, nc, T, dim]. One batched [1, N] @ [N, dim] product when B/C are shared (G = 1), else an
+    elementwise product in ``scratch`` (h's shape) summed over N."""
+    batch, nc, T, N, dim = h.shape
+    groups = Cseg.shape[-1]
+    if groups == 1:
+        return torch.matmul(Cseg.transpose(-1, -2), h).squeeze(-2)
+    prod = torch.mul(h.unflatten(-1, (groups, -1)), Cseg.unsqueeze(-1),
+                     out=scratch.view(batch, nc, T, N, groups, dim // groups))
+    return prod.sum(3).flatten(-2)
+
+
 def _segments(blocks: int, seg: int):
     """(index, first block, end block) of every segment of ``seg`` blocks, in time order."""
     return [(i, c0, min(blocks, c0 + seg)) for i, c0 in enumerate(range(0, blocks, seg))]
@@ -217,7 +230,7 @@ class _BlockedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, h0, T: int, seg: int):
         batch, dim, L = u.shape
-        groups, N = B.shape[1], B.shape[2]
+        N = B.shape[2]
         At = A.t().contiguous()                                                # [N, dim]
         At2 = At * math.log2(math.e)           # exp(delta A) = exp2(delta A log2(e)): exp2 is faster on CPU
         d_t = _time_major(delta, T)
@@ -235,9 +248,7 @@ class _BlockedScan(torch.autograd.Function):
             P.exp2_()
             seg_starts.append(state)
             _, state = _scan_segment(P, P, h, du_t[:, c0:c1], B_t[:, c0:c1], state)
-            prod = torch.mul(h.unflatten(-1, (groups, -1)), C_t[:, c0:c1].unsqueeze(-1),
-                             out=P.view(*shape[:4], groups, dim // groups))
-            torch.sum(prod, 3, out=y_t[:, c0:c1].unflatten(-1, (groups, -1)))
+            y_t[:, c0:c1] = _contract_n(C_t[:, c0:c1], h, P)
         ctx.save_for_backward(u, delta, A, B, C, torch.stack(seg_starts))
         ctx.T, ctx.seg, ctx.has_h0 = T, seg, h0 is not None
         return _from_time_major(y_t), state.transpose(1, 2)
@@ -285,8 +296,7 @@ class _BlockedScan(torch.autograd.Function):
             mu.addcmul_(Q, ends.unsqueeze(2))
             tmp = Q.unflatten(-1, (groups, -1))            # Q is free from here: a scratch buffer
             # x[t] = delta[t] u[t] B[t] and y[t] = C[t] . h[t]
-            ddu_g = ddu_t[:, c0:c1].unflatten(-1, (groups, -1))
-            torch.sum(torch.mul(mu_g, Bseg.unsqueeze(-1), out=tmp), 3, out=ddu_g)
+            ddu_t[:, c0:c1] = _contract_n(Bseg, mu, Q)
             du_g = duseg.unflatten(-1, (groups, -1)).unsqueeze(3)
             g_g = gseg.unflatten(-1, (groups, -1)).unsqueeze(3)
             torch.sum(torch.mul(mu_g, du_g, out=tmp), -1, out=dB_t[:, c0:c1])
