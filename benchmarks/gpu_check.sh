@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Every GPU measurement the project is waiting for, in one run on a CUDA machine (at most 9.5 minutes
+# Every GPU measurement the project is waiting for, in one run on a CUDA machine (at most 9 minutes
 # by the step limits). Each step writes one log to $OUT (default ./gpu_check_out); the script goes on
 # when a step fails or times out, and the summary at the end lists each step's exit status.
 #
-#   kernels   pytest tests/ops: the Triton kernels against their references, on the GPU (not the interpreter)
+#   kernels   pytest tests/ops: every Triton kernel (fftconv, causal_conv1d, selective_scan, ssd, mlstm,
+#             slstm) against its reference, on the GPU (not the interpreter)
 #   ops_fp32  python benchmarks/ops.py                (fftconv and causal_conv1d, B=8 D=256, L = 1k .. 256k)
 #   ops_bf16  python benchmarks/ops.py --dtype bf16
+#   ops_mamba python benchmarks/ops_mamba.py          (selective_scan and ssd: kernel vs reference)
 #   embed     python benchmarks/embed.py proteins --device cuda   (4,298 E. coli proteins: engine vs loop)
 #   embed_cpu the same on the machine's CPU cores (the loop cannot use many cores, the batched engine can)
 #
@@ -57,16 +59,19 @@ if [ "$QUICK" = 1 ]; then
     step kernels 300 "$PY" -m pytest tests/ops/test_causal_conv1d.py -q -x
     step ops_fp32 120 "$PY" benchmarks/ops.py --lengths 256,1024 --repeats 2
     step ops_bf16 120 "$PY" benchmarks/ops.py --dtype bf16 --lengths 256 --repeats 2
+    step ops_mamba 120 "$PY" benchmarks/ops_mamba.py --lengths 256 --repeats 2
     step embed 300 "$PY" benchmarks/embed.py proteins --limit 100 --device "$("$PY" -c \
         'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
 else
     export TRITON_INTERPRET=0  # compile for the GPU even where tests/conftest.py sees no /dev/nvidia*
     step kernels 150 "$PY" -m pytest tests/ops -q -x
-    step ops_fp32 90 "$PY" benchmarks/ops.py --lengths 1024,4096,16384,65536,262144 --kernel-max-len 16384
-    step ops_bf16 90 "$PY" benchmarks/ops.py --dtype bf16 --lengths 1024,4096,16384,65536,262144 \
+    step ops_fp32 75 "$PY" benchmarks/ops.py --lengths 1024,4096,16384,65536,262144 --kernel-max-len 16384
+    step ops_bf16 60 "$PY" benchmarks/ops.py --dtype bf16 --lengths 1024,4096,16384,65536,262144 \
         --kernel-max-len 16384
-    step embed 120 "$PY" benchmarks/embed.py proteins --device cuda
-    step embed_cpu 120 "$PY" benchmarks/embed.py proteins --threads "$(nproc)"
+    step ops_mamba 60 "$PY" benchmarks/ops_mamba.py --batch 8 --channels 1024 --lengths 1024,4096,16384 \
+        --clock wall --repeats 5
+    step embed 100 "$PY" benchmarks/embed.py proteins --device cuda
+    step embed_cpu 90 "$PY" benchmarks/embed.py proteins --threads "$(nproc)"
 fi
 
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
