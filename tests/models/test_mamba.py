@@ -23,6 +23,15 @@ TINY = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """Token-by-token loops over tiny tensors: thread start-up would cost more than the work."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _fixture(shared, variant):
     return torch.load(shared("fixtures", FIXTURES[variant]), weights_only=True)
 
@@ -80,7 +89,7 @@ def test_fixture_logits_and_hidden_states(loaded):
         assert _max_diff(ours, ref) <= 1e-4
 
 
-def test_fixture_step_prefill_and_final_states(loaded):
+def test_fixture_step_prefill_and_final_states(loaded, one_thread):
     variant, fx, model = loaded
     ids = fx["input_ids"]
     B, L = ids.shape
@@ -154,7 +163,7 @@ def _random_model(variant, **overrides):
 
 
 @pytest.mark.parametrize("variant", list(TINY))
-def test_step_equals_chunked_equals_full_forward(variant):
+def test_step_equals_chunked_equals_full_forward(variant, one_thread):
     model = _random_model(variant)
     ids = torch.randint(7, 12, (2, 37))
     with torch.no_grad():
