@@ -175,6 +175,9 @@ PRESETS: dict[str, HyenaConfig] = {
     "hyenadna-medium-160k": _preset(256, 8, 160002),
     "hyenadna-medium-450k": _preset(256, 8, 450002),
     "hyenadna-large-1m": _preset(256, 8, 1_000_002),
+    # not released: tiny HyenaDNA shapes for the other alphabets (random weights, for pretraining)
+    "hyena-tiny-protein": _preset(128, 2, 1026).replace(alphabet="protein", vocab_size=35),
+    "hyena-tiny-smiles": _preset(128, 2, 258).replace(alphabet="smiles", vocab_size=128),
 }
 
 # Hub repositories of the released weights (official layout: config.json + weights.ckpt).

@@ -268,3 +268,29 @@ def test_benchmark_script_tiny_run(capsys):
     assert [r[1:4] for r in rows] == [["bioseq", "fwd", "cache"], ["bioseq", "fwd", "no-cache"],
                                      ["bioseq", "fwd+bwd", "-"]]
     assert all(float(r[4]) > 0 and float(r[8]) > 0 for r in rows)  # times and peak RSS were measured
+
+
+@pytest.mark.parametrize("preset,alphabet,text", [("hyena-tiny-protein", "protein", "MKVLAAGIVGLLLAQ*"),
+                                                   ("hyena-tiny-smiles", "smiles", None)])
+def test_protein_and_smiles_presets_embed(tmp_path, preset, alphabet, text):
+    """Presets for the other alphabets: `bioseq embed -m <preset>` runs on a protein FASTA / a SMILES file."""
+    from bioseq.cli import main
+
+    if text is None:
+        src = tmp_path / "m.smi"
+        src.write_text("CCO ethanol\nc1ccccc1 benzene\n")
+        args = ["--smiles"]
+    else:
+        src = tmp_path / "p.faa"
+        src.write_text(f">p1\n{text}\n>p2\nMSTNPKPQRKTKRNTNRRPQDVKFPGG\n")
+        args = []
+    model = load_backbone(preset)
+    assert model.alphabet == alphabet and model.weights_origin == "random"
+    if text is None:  # a SMILES model needs the vocabulary saved beside its weights
+        from bioseq.tokenizers import SmilesTokenizer
+
+        model.save_pretrained(tmp_path / "m", tokenizer=SmilesTokenizer.build(["CCO", "c1ccccc1"]))
+        spec = str(tmp_path / "m")
+    else:
+        spec = preset
+    assert main(["embed", "-m", spec, str(src), *args, "-o", str(tmp_path / "e.h5"), "-q"]) == 0
