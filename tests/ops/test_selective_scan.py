@@ -195,6 +195,21 @@ def test_blocked_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, [args[k] for k in names])
 
 
+@pytest.mark.parametrize("groups", [0, 2], ids=["shared", "G2"])
+def test_blocked_on_mamba_layout_views(groups):
+    """Mamba's layout: u, delta and z are [batch, L, dim] tensors seen as [batch, dim, L], B and C
+    [batch, L, N] seen as [batch, N, L] (no copies on the way in; y comes back as such a view)."""
+    args = make_inputs(2, 8, 16, 4, groups, torch.float64, True)
+    views = {}
+    for k, v in args.items():
+        if k in ("u", "delta", "z", "B", "C"):
+            v = v.movedim(-1, 1).contiguous().movedim(1, -1)        # same values, time-major memory
+        views[k] = v.requires_grad_()
+    assert not views["u"].is_contiguous() and views["u"].transpose(1, 2).is_contiguous()
+    for name, a, b in compare_with_spec(views, torch.float64, 8, 2 * 8 * 4 * 8):
+        assert max_rel(a, b) < 1e-12, name
+
+
 def test_blocked_half_precision_input():
     args = make_inputs(2, 6, 21, 4, 0, torch.bfloat16, False)
     y = selective_scan_blocked(**args, delta_softplus=True)
