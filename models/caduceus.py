@@ -244,10 +244,10 @@ class BiMamba(nn.Module):
         y_f = fwd.scan(xz)
         y_r = flip(rev.scan(flip(xz)))
         if self.strategy == "ew_multiply":
-            return fwd.out_proj(y_f) * fwd.out_proj(y_r)
-        out = F.linear(y_f + y_r, fwd.out_proj.weight)           # shared out_proj, applied once
-        if fwd.out_proj.bias is not None:
-            out = out + 2 * fwd.out_proj.bias
+            return fwd.project_out(y_f) * fwd.project_out(y_r)
+        out = fwd.project_out(y_f + y_r)                          # shared out_proj, applied once
+        if fwd.out_proj.bias is not None:                         # (its bias counts for both)
+            out = out + fwd.out_proj.bias
         return out
 
 

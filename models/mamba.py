@@ -331,9 +331,10 @@ class Mamba1Mixer(nn.Module):
         conv_state, ssm_state = (None, None) if state is None else state
         x, new_conv = conv_with_state(x, self.conv1d.weight.squeeze(1), self.conv1d.bias, conv_state, lengths,
                                       want_state)
-        dbc = self.x_proj(x.transpose(1, 2))                                    # [B, L, R + 2N]
-        dt, B, C = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)               # [B, d_inner, L]
+        # channel-major projections: no transposed copies of x (kept for backward once, by the scan)
+        dbc = torch.matmul(self.x_proj.weight, x)                               # [B, R + 2N, L]
+        dt, B, C = dbc.split([self.dt_rank, self.d_state, self.d_state], dim=1)
+        delta = torch.matmul(self.dt_proj.weight, dt)                           # [B, d_inner, L]
         A = -torch.exp(self.A_log.float())
         valid = valid_positions(lengths, L) if want_state else None
         if valid is None:
@@ -341,7 +342,7 @@ class Mamba1Mixer(nn.Module):
         else:  # padded steps get delta = 0: they neither decay nor feed the state
             delta = F.softplus(delta.float() + self.dt_proj.bias.float()[:, None]) * valid[:, None, :]
             delta_bias, softplus = None, False
-        out = selective_scan(x, delta, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
+        out = selective_scan(x, delta, A, B, C, self.D.float(), z=z,
                              delta_bias=delta_bias, delta_softplus=softplus, initial_state=ssm_state,
                              return_state=want_state)
         if want_state:
@@ -354,8 +355,13 @@ class Mamba1Mixer(nn.Module):
         """u [B, L, d_model] -> [B, L, d_model] (and the new state with ``want_state``)."""
         out = self.scan(self.in_proj(u), state, lengths, want_state)
         if want_state:
-            return self.out_proj(out[0]), out[1]
-        return self.out_proj(out)
+            return self.project_out(out[0]), out[1]
+        return self.project_out(out)
+
+    def project_out(self, y: torch.Tensor) -> torch.Tensor:
+        """out_proj of y [B, L, d_inner] (the scan's channel-major output, transposed) without copying y."""
+        out = torch.matmul(self.out_proj.weight, y.transpose(1, 2)).transpose(1, 2)
+        return out if self.out_proj.bias is None else out + self.out_proj.bias
 
     def step(self, u: torch.Tensor, state):
         """One token: u [B, d_model], state (conv, ssm) -> (y [B, d_model], new state)."""
