@@ -249,6 +249,18 @@ def test_dispatch_cpu_runs_the_chunked_path(monkeypatch):
     assert calls == [1] and max_rel(y, ssd_ref(**args)) < 1e-5
 
 
+def test_dispatch_torch_path_caps_the_chunk(monkeypatch):
+    """Chunks longer than TORCH_MAX_CHUNK only slow the torch path down: it runs with the cap."""
+    monkeypatch.delenv("BIOSEQ_OPS", raising=False)
+    chunks = []
+    monkeypatch.setattr(ssd_pkg, "ssd_chunked",
+                        lambda *a, **k: chunks.append(a[5]) or ssd_chunked(*a, **k))
+    args = make_inputs(1, 70, 2, 2, 1, 3)
+    y = ssd(**args, chunk_size=256)
+    ssd(**args, chunk_size=16)
+    assert chunks == [ssd_pkg.TORCH_MAX_CHUNK, 16] and max_rel(y, ssd_ref(**args)) < 1e-5
+
+
 def test_dispatch_auto_on_gpu_picks_the_kernel(monkeypatch):
     monkeypatch.delenv("BIOSEQ_OPS", raising=False)
     monkeypatch.setattr(ssd_pkg, "use_triton", lambda x: True)   # pretend: CUDA tensor, triton installed

@@ -8,7 +8,9 @@ beyond rounding.
 
 Dispatch as in ``bioseq.ops._dispatch``: the Triton path (``bioseq.ops.ssd.triton``: the selective-scan
 kernels on reshaped views; fp32/fp16/bf16) for CUDA tensors, else the chunked torch path
-(``ssd_chunked``); float64 always takes the torch path; ``BIOSEQ_OPS=ref|triton`` overrides.
+(``ssd_chunked``) with chunks of at most ``TORCH_MAX_CHUNK`` steps (on CPU the quadratic within-chunk
+part makes Mamba-2's usual 256 about 3.5x slower than 64 at L = 4k, and the result does not depend on
+the chunk size beyond rounding); float64 always takes the torch path; ``BIOSEQ_OPS=ref|triton`` overrides.
 ``ssd_ref`` is the per-step spec.
 ``ssd_state_update(state, x, dt, A, B, C, ...)`` advances the state by one token in plain torch.
 """
@@ -23,6 +25,7 @@ from bioseq.ops.ssd.ref import ssd_chunked, ssd_ref, ssd_state_update_ref
 __all__ = ["ssd", "ssd_backend", "ssd_chunked", "ssd_ref", "ssd_state_update"]
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TORCH_MAX_CHUNK = 64
 
 
 def ssd_backend(x: torch.Tensor) -> str:
@@ -39,7 +42,8 @@ def ssd(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: 
         from bioseq.ops.ssd.triton import ssd_triton
 
         return ssd_triton(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, return_state)
-    return ssd_chunked(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, initial_state, return_state)
+    chunk = min(chunk_size, TORCH_MAX_CHUNK) if chunk_size >= 1 else chunk_size  # (< 1: ssd_chunked says so)
+    return ssd_chunked(x, dt, A, B, C, chunk, D, z, dt_bias, dt_softplus, initial_state, return_state)
 
 
 def ssd_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
