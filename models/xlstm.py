@@ -417,10 +417,10 @@ class MLSTMLayer(nn.Module):
             k = rope_apply(k.transpose(1, 2), cos, sin).transpose(1, 2)
         w = torch.cat([self.igate.weight, self.fgate.weight])                  # [2 NH, 3 E]
         b = torch.cat([self.igate.bias, self.fgate.bias])
-        gates = w[:, :E] @ q + w[:, E:2 * E] @ k + w[:, 2 * E:] @ v + b[:, None]   # [B, 2 NH, L]
+        gates = sum(torch.einsum("ge,bel->bgl", w_part, t) for w_part, t in zip(w.split(E, dim=1), (q, k, v)))
+        gates = gates + b[:, None]                                              # [B, 2 NH, L]
         i, f = gates[:, :NH], gates[:, NH:]
-        # [B, NH, L, DH], contiguous: the chunkwise cell reshapes them into chunks
-        q, k, v = (t.reshape(B, NH, DH, L).transpose(2, 3).contiguous() for t in (q, k, v))
+        q, k, v = (t.reshape(B, NH, DH, L).transpose(2, 3) for t in (q, k, v))   # [B, NH, L, DH]
         if self.rope == "head":                           # DNA-xLSTM: rotation after the gates
             cos, sin = rope_tables(positions, DH, self.rope_base)
             cos, sin = cos[:, None], sin[:, None]                              # same angles for every head
