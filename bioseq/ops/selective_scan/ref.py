@@ -187,11 +187,12 @@ def _scan_segment(a, P, h, duseg, Bseg, state):
     groups = Bseg.shape[-1]
     torch.mul(duseg.unflatten(-1, (groups, -1)).unsqueeze(3), Bseg.unsqueeze(-1),
               out=h.view(batch, nc, T, N, groups, dim // groups))             # x[t] = delta[t] u[t] B[t]
+    a_, P_, h_ = a.unbind(2), P.unbind(2), h.unbind(2)                         # the T steps' views
     if P is not a:
-        P[:, :, 0] = a[:, :, 0]
+        P_[0].copy_(a_[0])
     for t in range(1, T):                                                      # every block from a zero state
-        h[:, :, t].addcmul_(a[:, :, t], h[:, :, t - 1])
-        torch.mul(a[:, :, t], P[:, :, t - 1], out=P[:, :, t])
+        h_[t].addcmul_(a_[t], h_[t - 1])
+        torch.mul(a_[t], P_[t - 1], out=P_[t])
     starts = h.new_empty(batch, nc, N, dim)
     for c in range(nc):                                                        # carry across blocks
         starts[:, c] = state
@@ -285,10 +286,11 @@ class _BlockedScan(torch.autograd.Function):
             mu_g, h_g = mu.unflatten(-1, (groups, -1)), h.unflatten(-1, (groups, -1))
             torch.mul(gseg.unflatten(-1, (groups, -1)).unsqueeze(3), Cseg.unsqueeze(-1), out=mu_g)
             Q = P                                          # Q[t] = a[t+1] * ... * a[T-1]: decay to block end
-            Q[:, :, T - 1].fill_(1.0)
+            a_, Q_, mu_ = a.unbind(2), Q.unbind(2), mu.unbind(2)
+            Q_[T - 1].fill_(1.0)
             for t in range(T - 2, -1, -1):
-                mu[:, :, t].addcmul_(a[:, :, t + 1], mu[:, :, t + 1])
-                torch.mul(Q[:, :, t + 1], a[:, :, t + 1], out=Q[:, :, t])
+                mu_[t].addcmul_(a_[t + 1], mu_[t + 1])
+                torch.mul(Q_[t + 1], a_[t + 1], out=Q_[t])
             ends = h.new_empty(batch, nc, N, dim)          # dL/dh at each block's end, from later blocks
             for c in range(nc - 1, -1, -1):
                 ends[:, c] = K
