@@ -306,3 +306,20 @@ def test_unsupported_transformers_configs_are_errors():
     with pytest.raises(BioseqError, match="num_heads"):
         config_from_hf({**base, "num_heads": 4})
     assert config_from_hf(base).nheads == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", list(TINY))
+def test_streaming_20kb_in_chunks_equals_one_forward(variant):
+    """What ``bioseq embed --long stream`` does: 1,000-token chunks carried by the state."""
+    model = _random_model(variant)
+    ids = torch.randint(7, 12, (1, 20_000))
+    with torch.no_grad():
+        full = model(ids)
+        state = model.allocate_state(1)
+        pieces = []
+        for s in range(0, ids.shape[1], 1000):
+            h, state = model(ids[:, s: s + 1000], attention_mask=torch.ones(1, 1000, dtype=torch.bool),
+                             state=state)
+            pieces.append(h)
+    assert _max_diff(torch.cat(pieces, 1), full) <= 1e-4
