@@ -17,6 +17,15 @@ from bioseq.models.xlstm import XLSTM, XLSTMConfig, convert_foreign_state_dict, 
 TOL = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny shapes: one thread is faster (and not slowed by a busy machine's thread hand-offs)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _max_diff(a, b):
     return (a.double() - b.double()).abs().max().item()
 
