@@ -10,7 +10,8 @@ Formats (gzip detected by its magic bytes):
 
 Each entry: ``SmilesEntry(id, smiles, line)`` with the 1-based line of the file; an entry without a
 name gets the number of its data row (1-based). Empty SMILES cells are skipped. Every problem (missing
-file or column, a short row, bad UTF-8) is a one-line :class:`BioseqError` naming the file and line.
+file or column, a short row, bad UTF-8, no SMILES at all) is a one-line :class:`BioseqError` naming the
+file and line.
 """
 
 from __future__ import annotations
@@ -103,16 +104,20 @@ def iter_smiles(path: str | os.PathLike, column: str | None = None,
                 id_column: str | None = None) -> Iterator[SmilesEntry]:
     """Stream the SMILES of a text / CSV / TSV file (see the module docstring)."""
     path = Path(path)
+    count = 0
     try:
         with _open_text(path) as fh:
-            if is_text_format(path, column):
-                yield from _iter_text(path, fh)
-            else:
-                yield from _iter_table(path, fh, column or "smiles", id_column)
+            entries = _iter_text(path, fh) if is_text_format(path, column) else \
+                _iter_table(path, fh, column or "smiles", id_column)
+            for entry in entries:
+                count += 1
+                yield entry
     except UnicodeDecodeError as exc:
         raise BioseqError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except (OSError, EOFError) as exc:
         raise BioseqError(f"{path}: cannot read ({exc})") from None
+    if count == 0:
+        raise BioseqError(f"{path}: no SMILES in the file (empty, or only blank and comment lines)")
 
 
 def read_smiles(path: str | os.PathLike, column: str = "smiles") -> list[tuple[str, int]]:

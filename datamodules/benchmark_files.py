@@ -32,6 +32,7 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -380,11 +381,21 @@ def read_table(
     if path.suffix == ".parquet":
         rows, header = _read_parquet(path)
     else:
-        with _open_text(path) as fh:
-            first = fh.readline()
-            delim = "\t" if "\t" in first else ","
-            header = [h.strip() for h in next(csv.reader([first], delimiter=delim))]
-            rows = list(csv.reader(fh, delimiter=delim))
+        try:
+            with _open_text(path) as fh:
+                first = fh.readline()
+                delim = "\t" if "\t" in first else ","
+                header = [h.strip() for h in next(csv.reader([first], delimiter=delim), [])]
+                rows = list(csv.reader(fh, delimiter=delim))
+        except UnicodeDecodeError as exc:
+            raise BenchmarkDataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}): "
+                                     "binary data, not a CSV/TSV table") from None
+        except csv.Error as exc:
+            raise BenchmarkDataError(f"{path}: not a CSV/TSV table ({exc})") from None
+        except (OSError, EOFError, zlib.error) as exc:
+            corrupt = isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile))
+            what = "truncated or corrupt gzip file" if corrupt else "cannot read"
+            raise BenchmarkDataError(f"{path}: {what} ({exc})") from None
     lower = [h.lower() for h in header]
 
     def find(name: str | None, candidates: tuple[str, ...], what: str) -> int:
@@ -411,7 +422,7 @@ def read_table(
     for n, row in enumerate(rows, start=2):
         if not row:
             continue
-        if len(row) < len(header):
+        if len(row) != len(header):
             raise BenchmarkDataError(f"{locate(path, line=n)}: {len(row)} fields, header has {len(header)}")
         if ti is not None and row[ti] != task:
             continue

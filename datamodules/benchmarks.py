@@ -138,6 +138,14 @@ class EpochItems(ShardedIterable):
         return ids, label, index
 
 
+def _check_labels(data: LabeledSequences) -> None:
+    """One line for a record whose label cell is empty (it would otherwise become a class of its own)."""
+    for k, name in enumerate(data.class_names or []):
+        if not str(name).strip():
+            row = int(np.flatnonzero(np.asarray(data.labels) == k)[0])
+            raise BenchmarkDataError(f"{data.source}: record {data.ids[row]} has an empty label")
+
+
 class SequenceClassificationDataModule(L.LightningDataModule):
     """Labelled sequences -> batches for :class:`finetune.classifier.SequenceClassifier`.
 
@@ -274,11 +282,17 @@ class SequenceClassificationDataModule(L.LightningDataModule):
             if val is None:
                 keep, held = stratified_split(train.labels, h.val_fraction, h.split_seed)
                 train, val = train.subset(keep), train.subset(held)
+            _check_labels(train)
+            if not h.regression and train.labels.dtype.kind in "iu" and len(np.unique(train.labels)) < 2:
+                raise BenchmarkDataError(f"{train.source}: every training record has the same label; a "
+                                         "classifier needs at least two classes (data.regression=true for "
+                                         "a regression task)")
             self.data["train"], self.data["val"] = train, val
             self.class_names = train.class_names
         if stage in (None, "test") and "test" not in self.data:
             test = self._read("test")
             if test is not None:
+                _check_labels(test)
                 self.data["test"] = test
                 self.class_names = self.class_names or test.class_names
         if stage == "predict" and "predict" not in self.data:

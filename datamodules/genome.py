@@ -181,6 +181,16 @@ def read_bed(
         raise BioseqError(f"{path}: BED file not found")
     index = {n: i for i, n in enumerate(names)}
     rows: dict[str, list] = {s: [] for s in SPLITS}
+    try:
+        return _read_bed_rows(path, lengths, window, fasta, index, rows)
+    except UnicodeDecodeError as exc:
+        raise BioseqError(f"{path}: not a BED text file ({exc.reason} at byte {exc.start})") from None
+    except (OSError, EOFError) as exc:
+        raise BioseqError(f"{path}: cannot read ({exc})") from None
+
+
+def _read_bed_rows(path: Path, lengths: dict[str, int], window: int, fasta: object, index: dict[str, int],
+                   rows: dict[str, list]) -> dict[str, Regions]:
     with _open_text(path) as fh:
         for lineno, text in enumerate(fh, 1):
             text = text.strip()

@@ -184,6 +184,14 @@ class Backbone(nn.Module):
     def load_converted_state_dict(self, state: dict[str, torch.Tensor], *, strict: bool = True,
                                   source: object = None) -> None:
         """``load_state_dict`` for tensors already under bioseq names, with a one-line error."""
+        own = self.state_dict()
+        wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if wrong:
+            k = wrong[0]
+            more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+            raise ckpt.CheckpointError(f"{source}: checkpoint does not match the config: {k} has shape "
+                                       f"{list(state[k].shape)} in the checkpoint, {list(own[k].shape)} in "
+                                       f"the config{more}")
         missing, unexpected = self.load_state_dict(state, strict=False)
         if strict and (missing or unexpected):
             raise ckpt.CheckpointError(f"{source}: checkpoint does not match the config: missing "
@@ -329,7 +337,12 @@ def _read_config(directory: Path) -> dict | None:
 
 
 def _load_bioseq_dir(directory: Path, raw: dict, overrides: dict) -> Backbone:
-    cfg = config_from_dict(raw, **overrides)
+    try:
+        cfg = config_from_dict(raw, **overrides)
+    except ckpt.CheckpointError:
+        raise
+    except BioseqError as err:
+        raise ckpt.CheckpointError(f"{directory / 'config.json'}: {err}") from None
     model = family(cfg.arch).module(cfg)
     state = ckpt.load_state_dict_file(directory / "model.safetensors")
     model.load_converted_state_dict(state, strict=True, source=directory)

@@ -144,7 +144,7 @@ def resolve_configs(kind: str, argv: list[str]) -> tuple[list[str], list[Path]]:
     for i, value in _config_values(argv):
         path = find_config(value, kind)
         try:
-            yaml.safe_load(path.read_text())
+            content = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -152,6 +152,9 @@ def resolve_configs(kind: str, argv: list[str]) -> tuple[list[str], list[Path]]:
             raise BioseqError(f"{where}: not valid YAML ({problem})") from None
         except OSError as err:
             raise BioseqError(f"{path}: cannot read ({err.strerror})") from None
+        if content is not None and not isinstance(content, dict):
+            raise BioseqError(f"{path}:1: a config is a mapping of sections (model:, data:, trainer:), "
+                              f"not a {type(content).__name__}")
         argv[i] = str(path) if argv[i] == value else f"--config={path}"
         paths.append(path)
     return argv, paths
@@ -235,6 +238,14 @@ def config_error_line(kind: str, message: str, paths: list[Path], argv: list[str
         where = _where(paths, key, argv)
         of = f" ({owner} has no such argument)" if owner else ""
         return f"{where}unknown key '{key}'{of}"
+    m = re.search(r"module '([\w.]+)' has no attribute '(\w+)'|No module named '([\w.]+)'", flat)
+    if m:  # a class_path that cannot be imported: name the config line that gives it
+        missing = m.group(2) or m.group(3).rsplit(".", 1)[-1]
+        for path in paths:
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if "class_path" in line and missing in line:
+                    return f"{path}:{n}: cannot import {line.split(':', 1)[1].strip()} ({m.group(0)})"
+        return f"cannot import a class_path ({m.group(0)})"
     m = re.search(r'Parser key "([^"]+)":\s*(.+)', flat)
     if m:
         key = prefix + m.group(1)
@@ -285,9 +296,12 @@ def check_checkpoint(path: Path) -> None:
     checkpoint: truncated, not a checkpoint, or a pickle naming objects that unpickling would call (it is
     read with ``weights_only=True`` and memory-mapped, so the tensors are not loaded here)."""
     import pickle
+    import zipfile
 
     import torch
 
+    if not zipfile.is_zipfile(path):
+        raise BioseqError(f"{path}: not a PyTorch checkpoint archive (truncated, or another kind of file)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
@@ -410,6 +424,18 @@ def _cli_class(kind: str, prog: str, config_paths: list[Path]):
                 if cb.save_last is None:
                     cb.save_last = True
             return trainer
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            try:
+                super()._run_subcommand(subcommand)
+            except RuntimeError as err:  # Lightning restoring a checkpoint made for another model
+                text = str(err)
+                if "Error(s) in loading state_dict" not in text:
+                    raise
+                ckpt = self.config_init[subcommand].get("ckpt_path")
+                detail = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip()), "")
+                detail = re.sub(r"\s+", " ", detail)[:240]
+                raise BioseqError(f"{ckpt}: the checkpoint does not match the model ({detail})") from None
 
         def before_fit(self) -> None:
             if not self.trainer.fast_dev_run:

@@ -144,6 +144,10 @@ def _check_labels(data, path: str, cv: int | None) -> None:
         if not str(name).strip():
             row = int(np.flatnonzero(np.asarray(data.labels) == k)[0])
             raise BioseqError(f"{path}: record {data.ids[row]} has an empty label")
+    if cv and data.labels.dtype.kind in "iu" and len(np.unique(data.labels)) == 1:
+        only = names[int(data.labels[0])] if names else int(data.labels[0])
+        raise BioseqError(f"{path}: every record has label {str(only)!r}; a classifier needs at least two "
+                          "classes")
     if cv and data.labels.dtype.kind in "iu" and len(data.labels):
         values, counts = np.unique(data.labels, return_counts=True)
         small = counts.argmin()

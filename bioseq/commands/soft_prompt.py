@@ -117,6 +117,9 @@ def main(argv: list[str]) -> int:
     backbone = resolve_backbone(a.backbone)
     warn_random("soft-prompt", a.backbone, backbone)
     tok = load_tokenizer_for(backbone)
+    for data in (fit, val, test):  # every sequence once, so a bad character is one line naming its file
+        for seq, rid in zip(data.sequences, data.ids):
+            tok.encode(seq, path=data.source, record=rid)
     tokens = parse_label_tokens(a.label_tokens, num_classes, backbone.alphabet)
     label_ids = label_token_ids(tok, tokens)
     name = a.name or Path(a.train).resolve().parent.name
