@@ -51,7 +51,8 @@ from torch.utils.checkpoint import checkpoint
 from bioseq import checkpoints as ckpt
 from bioseq.errors import BioseqError
 from bioseq.models.base import Backbone, BackboneConfig, Family, Layout
-from bioseq.models.mamba import Mamba1Mixer, make_norm, right_padded_lengths
+from bioseq.models.flips import flip_index, flip_within, right_padded_lengths
+from bioseq.models.mamba import Mamba1Mixer, make_norm
 
 # DNA ids (bioseq.tokenizers.DnaTokenizer, identical to the release): A7 C8 G9 T10; everything else
 # (specials, N, padding rows) is its own complement.
@@ -176,16 +177,10 @@ class SeqFlip:
 
     def __init__(self, lengths: torch.Tensor | None, L: int):
         self.lengths, self.L = lengths, L
-        self.index = None
-        if lengths is not None:
-            pos = torch.arange(L, device=lengths.device)
-            self.index = torch.where(pos < lengths[:, None], lengths[:, None] - 1 - pos, pos)   # [B, L]
+        self.index = None if lengths is None else flip_index(lengths, L)   # [B, L]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.index is None:
-            return x.flip(1)
-        idx = self.index.reshape(*self.index.shape, *([1] * (x.dim() - 2))).expand_as(x)
-        return x.gather(1, idx)
+        return flip_within(x, self.lengths, self.index)
 
     def doubled(self) -> SeqFlip:
         return self if self.lengths is None else SeqFlip(torch.cat([self.lengths, self.lengths]), self.L)

@@ -55,6 +55,7 @@ from torch.utils.checkpoint import checkpoint
 from bioseq import checkpoints as ckpt
 from bioseq.errors import BioseqError
 from bioseq.models.base import Backbone, BackboneConfig, Family, Layout
+from bioseq.models.flips import right_padded_lengths
 from bioseq.ops.causal_conv1d import causal_conv1d
 from bioseq.ops.selective_scan import selective_scan, selective_state_update
 from bioseq.ops.ssd import ssd, ssd_state_update
@@ -515,20 +516,6 @@ class MambaState(NamedTuple):
 
     def to(self, device) -> MambaState:
         return MambaState([t.to(device) for t in self.conv], [t.to(device) for t in self.ssm])
-
-
-def right_padded_lengths(attention_mask: torch.Tensor | None, L: int) -> torch.Tensor | None:
-    """Row lengths of a right-padded mask [B, L] (None when there is no padding); a BioseqError when
-    a row is not a run of True followed by False."""
-    if attention_mask is None:
-        return None
-    mask = attention_mask.bool()
-    if bool(mask.all()):
-        return None
-    lengths = mask.sum(1)
-    if not torch.equal(mask, torch.arange(L, device=mask.device) < lengths[:, None]):
-        raise BioseqError("attention_mask must be right padding (each row: real tokens, then padding)")
-    return lengths
 
 
 class Mamba(Backbone):

@@ -72,6 +72,7 @@ import torch.nn.functional as F
 from bioseq import checkpoints as ckpt
 from bioseq.errors import BioseqError
 from bioseq.models.base import Backbone, BackboneConfig, Family, Layout
+from bioseq.models.flips import flip_within, right_padded_lengths
 from bioseq.ops.causal_conv1d import causal_conv1d
 from bioseq.ops.mlstm import mlstm, mlstm_step, mlstm_zero_state
 from bioseq.ops.slstm import slstm_scan, slstm_step, slstm_zero_state
@@ -319,17 +320,6 @@ def rope_apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     a, b = pairs[..., 0], pairs[..., 1]
     out = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
     return out.to(x.dtype)
-
-
-def flip_within(x: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
-    """Reverse ``x [B, L, ...]`` along L within each sequence's length (padding stays in place)."""
-    if lengths is None:
-        return x.flip(1)
-    L = x.shape[1]
-    t = torch.arange(L, device=x.device)
-    idx = torch.where(t < lengths[:, None], lengths[:, None] - 1 - t, t)     # [B, L]
-    idx = idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(1, idx)
 
 
 def mlstm_parallel_bidirectional(q, k, v, igate, fgate, lengths=None, eps: float = 1e-6) -> torch.Tensor:
@@ -707,13 +697,7 @@ class XLSTM(Backbone):
 
     # -- forward ----------------------------------------------------------------------------------
     def _lengths(self, attention_mask: torch.Tensor | None, L: int) -> torch.Tensor | None:
-        if attention_mask is None:
-            return None
-        mask = attention_mask.bool()
-        lengths = mask.sum(1)
-        if not torch.equal(mask, torch.arange(L, device=mask.device)[None] < lengths[:, None]):
-            raise BioseqError("xLSTM: attention_mask must be right padding (True for a prefix of each row)")
-        return None if bool((lengths == L).all()) else lengths
+        return right_padded_lengths(attention_mask, L)
 
     def _stack(self, x, positions, lengths, rc_rows, states):
         """Run the blocks on x [B', L, D]; returns (x, per-layer residual streams, new states)."""
