@@ -169,7 +169,6 @@ def test_interrupted_run_resumes_with_the_same_losses(reference, data, tmp_path,
     compare(ref, losses(root / "version_1"), start)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pretrain", "finetune"])
 def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(data, tmp_path, kind):
     root = tmp_path / "runs"
