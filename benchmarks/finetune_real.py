@@ -198,10 +198,14 @@ def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
         mode="min" if monitor == "loss" else "max",
         save_top_k=1,
     )]
+    left = a.minutes - (pretrain or {}).get("minutes", 0.0)
+    if left <= 0:
+        raise SystemExit(f"finetune_real.py: pretraining used the whole --minutes {a.minutes:g} budget "
+                         f"({pretrain['minutes']} min): raise --minutes (it counts pretraining too)")
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=a.epochs,
-        max_time={"minutes": a.minutes - (pretrain or {}).get("minutes", 0.0)},
+        max_time={"minutes": left},
         callbacks=callbacks,
         logger=False,
         enable_progress_bar=False,
@@ -211,6 +215,9 @@ def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
     t0, c0 = time.time(), time.process_time()
     trainer.fit(model, dm)
     fit_s, fit_cpu = time.time() - t0, time.process_time() - c0
+    if not printer.history:
+        raise SystemExit(f"finetune_real.py: no finetuning epoch finished within --minutes {a.minutes:g} "
+                         "(pretraining counts in it): raise --minutes")
     sign = 1 if monitor == "loss" else -1
     best = min(printer.history, key=lambda h: sign * h[f"val/{monitor}"])
     comparison = None
