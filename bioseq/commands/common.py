@@ -5,6 +5,7 @@ Nothing here imports torch or Lightning.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import stat
@@ -13,6 +14,16 @@ import tempfile
 from pathlib import Path
 
 from bioseq.errors import BioseqError
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option help (unless None or already stated there), the epilog's examples kept
+    line by line."""
+
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def warn(command: str, message: str) -> None:

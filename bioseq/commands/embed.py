@@ -17,21 +17,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from bioseq.commands.common import HelpFormatter
+
 HELP = "Turn FASTA (or SMILES) into embeddings on disk (HDF5 or npy)."
 # The engine's choices, written out so that --help and argument errors need no torch import
 # (tests/bioseq/test_first_hour.py checks they equal bioseq.pooling.POOLS / bioseq.embed.LONG_POLICIES).
 POOLS = ("mean", "max", "first", "last")
 LONG_POLICIES = ("error", "truncate", "chunk", "stream")
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in the option help (unless None or already stated there), the epilog's examples kept
-    line by line."""
-
-    def _get_help_string(self, action):
-        if action.default is None or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  bioseq embed prots.faa -m exported_dir/ -o emb.h5 --pool mean max --per-token\n"
                "  bioseq embed mols.csv --smiles-column smiles -m chem_dir/ -o emb.h5\n"
                "  (put INPUT files before list options such as --pool / --layers, or end them with --)",
-        formatter_class=_Formatter)
+        formatter_class=HelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="FASTA files (plain, gzip or BGZF), or with --smiles one SMILES text/.smi/CSV file; "
                         "- reads standard input (a pipe is copied to a temporary file first)")

@@ -21,15 +21,10 @@ import os
 import sys
 from pathlib import Path
 
+from bioseq.commands.common import HelpFormatter
+
 HELP = "Sample sequences (FASTA or SMILES) from a causal model with a recurrent state (Mamba, xLSTM)."
 FASTA_WIDTH = 80
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    def _get_help_string(self, action):
-        if action.default is None or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  bioseq generate -m chem_dir/ -n 1000 --max-new-tokens 128 --top-p 0.95 -o mols.smi\n"
                "  bioseq generate -m dna_dir/ --prompt ATGACC -n 10 --max-new-tokens 2000 -o out.fa\n"
                "  bioseq generate -m dna_dir/ --prompt-file prompts.fa -n 5 --max-new-tokens 500 -o out.fa",
-        formatter_class=_Formatter)
+        formatter_class=HelpFormatter)
     p.add_argument("-m", "--model", required=True,
                    help="bioseq / released checkpoint directory, a `bioseq pretrain` checkpoint (last.ckpt), "
                         "or a preset name (random weights)")
