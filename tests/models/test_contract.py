@@ -351,3 +351,20 @@ def test_embed_long_stream_equals_full_forward_on_20kb(tmp_path):
     assert np.abs(data["last"][0] - full[-1].numpy()).max() <= TOL
     print(f"20 kb: stream embed {stream_s:.2f} s (whole command), full forward {full_s:.2f} s")
     assert stream_s <= 2 * full_s + 1.5  # + start-up of the command (model load, file writing)
+
+
+def test_flips_reverse_within_each_rows_length():
+    """models/flips.py, the padding helpers every bidirectional / RC backbone uses."""
+    from bioseq.models.flips import flip_index, flip_within, right_padded_lengths
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    lengths = right_padded_lengths(mask, 4)
+    assert lengths.tolist() == [3, 4, 1]
+    assert right_padded_lengths(torch.ones(2, 5, dtype=torch.bool), 5) is None
+    with pytest.raises(BioseqError, match="right padding"):
+        right_padded_lengths(torch.tensor([[0, 1, 1]], dtype=torch.bool), 3)
+    x = torch.arange(12.0).reshape(3, 4)[..., None].expand(3, 4, 2)
+    flipped = flip_within(x, lengths)
+    assert flipped[..., 0].tolist() == [[2, 1, 0, 3], [7, 6, 5, 4], [8, 9, 10, 11]]
+    assert torch.equal(flip_within(flipped, lengths, flip_index(lengths, 4)), x)
+    assert torch.equal(flip_within(x, None), x.flip(1))
