@@ -47,23 +47,6 @@ SP_KEYS = ("accuracy", "mcc", "val_accuracy", "epochs", "steps", "minutes", "n_t
 KS_KEYS = ("accuracy", "mcc", "context_tokens", "minutes", "n_pool", "n_test")
 
 
-def split_files(name: str, workdir: Path, seq_dir: Path) -> tuple[Path, Path, int]:
-    """The real-data check's split: 80/20 stratified (seed 0) of ``<seq_dir>/<name>/test.tsv.gz``, written
-    as ``train.tsv`` / ``test.tsv``; returns their paths and the longest sequence length."""
-    from bioseq.datamodules.benchmark_files import read_table, stratified_split
-
-    data = read_table(Path(seq_dir) / name / "test.tsv.gz")
-    keep, held = stratified_split(data.labels, 0.2, 0)
-    out = workdir / name
-    out.mkdir(parents=True, exist_ok=True)
-    for split, idx in (("train", keep), ("test", held)):
-        with open(out / f"{split}.tsv", "w", newline="") as fh:
-            w = csv.writer(fh, delimiter="\t")
-            w.writerow(["sequence", "label"])
-            w.writerows((data.sequences[i], int(data.labels[i])) for i in idx)
-    return out / "train.tsv", out / "test.tsv", max(len(s) for s in data.sequences)
-
-
 def pretrained_backbone(name: str, train: Path, test: Path, l_max: int, a, ckpt: Path) -> dict:
     """Pretrain the tiny HyenaDNA as ``finetune_real.py`` does and save it to ``ckpt``; returns the
     pretraining summary."""
@@ -96,7 +79,7 @@ def run_dataset(name: str, a, work: Path) -> dict:
     from bioseq.cli import main as cli
     from bioseq.finetune.icl import length_budget
 
-    train, test, max_len = split_files(name, work, Path(a.data_dir))
+    train, test, max_len = finetune_real.split_files(name, work, seq_dir=Path(a.data_dir))
     l_max = max(max_len + max(a.prompt_tokens), length_budget(max_len, max(a.shots), 2)) + 2
     ckpt = work / name / "backbone"
     t0 = time.time()
