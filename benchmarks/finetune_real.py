@@ -1,4 +1,4 @@
-"""Real-data finetuning check on CPU: a tiny HyenaDNA from scratch vs k-mer logistic regression.
+"""Real-data finetuning check on CPU: a tiny backbone from scratch vs k-mer logistic regression.
 
 Data: the full Genomic Benchmarks test splits in ``../shared/data/genomic_benchmarks/sequences``
 (``human_nontata_promoters`` 9,034 sequences, ``human_enhancers_cohn`` 6,948), each split 80/20
@@ -6,22 +6,24 @@ Data: the full Genomic Benchmarks test splits in ``../shared/data/genomic_benchm
 every epoch; the weights tested are those at the end of the fixed schedule (``--select last``; ``loss``
 or ``accuracy`` test the epoch with the best validation value instead). The k-mer baselines (4-mer,
 6-mer frequencies + logistic regression, C by 5-fold CV on the same 80% train) are measured in the same
-run. The HyenaDNA run
-goes through the real pipeline (``SequenceClassificationDataModule`` on TSV files ->
-``SequenceClassifier`` -> Lightning ``Trainer``) with a wall-clock budget (``--minutes``, default 15)
-enforced by ``Trainer(max_time=...)``. With ``--pretrain-minutes M`` the backbone is first trained for M
-minutes of that budget as a causal LM on the training split's sequences (labels unused; the validation and
-test sequences are never seen), then finetuned for the rest. ``--pretrain-tokens`` (default 40 M predicted
-tokens, about 8 minutes on a quiet 2-core machine) ends pretraining first when the machine is fast enough,
-which makes the run repeatable: the same seeds and thread count give the same weights. The finetuning
-defaults (peak lr 6e-4, backbone dropout 0.1, 5 epochs of warmup + cosine) come from an ablation on one
-pretrained cohn backbone (``benchmarks/RESULTS.md``): they gave 0.743 test accuracy where lr 2e-3 without
+run. The model (``--model``: a tiny HyenaDNA by default; Mamba, Mamba-2, Caduceus-ph/ps or DNA-xLSTM of
+the same width and depth) goes through the real pipeline (``SequenceClassificationDataModule`` on TSV
+files -> ``SequenceClassifier`` -> Lightning ``Trainer``) with a wall-clock budget (``--minutes``)
+enforced by ``Trainer(max_time=...)``. With ``--pretrain-minutes M`` the backbone is first trained for at
+most M minutes of that budget as a language model on the training split's sequences (causal models:
+next token; bidirectional ones: masked tokens; labels unused; the validation and test sequences are never
+seen), then finetuned for the rest. ``--pretrain-tokens`` (default 40 M tokens, about 8 minutes for the
+HyenaDNA on a quiet 2-core machine) ends pretraining first when the machine is fast enough, which makes
+the run repeatable: the same seeds and thread count give the same weights. The finetuning defaults (peak
+lr 6e-4, backbone dropout 0.1, 5 epochs of warmup + cosine) come from an ablation on one pretrained cohn
+HyenaDNA backbone (``benchmarks/RESULTS.md``): they gave 0.743 test accuracy where lr 2e-3 without
 dropout over 10 epochs gave 0.723.
 
     python benchmarks/finetune_real.py --datasets human_nontata_promoters human_enhancers_cohn
+    python benchmarks/finetune_real.py --model mamba --minutes 40 --threads 2
 
-Prints a markdown table (and writes ``--out``/finetune_real.json). Timing is wall clock on a shared
-machine; the process CPU time is printed too.
+Prints a markdown table (and writes ``--out``/finetune_real.json, results keyed by ``--model``). Timing is
+wall clock on a shared machine; the process CPU time is printed too.
 """
 
 from __future__ import annotations
@@ -70,24 +72,32 @@ def kmer_rows(train: Path, test: Path, ks=(4, 6)) -> dict[int, dict]:
     return out
 
 
-def pretrain_clm(backbone, dm, a) -> dict:
-    """Next-token pretraining of ``backbone`` on the training split's sequences only (labels unused).
+def pretrain_lm(backbone, dm, a) -> dict:
+    """Language-model pretraining of ``backbone`` on the training split's sequences only (labels unused).
 
-    ``dm`` is set up for "fit", so its train split already excludes the validation sequences; batches
-    carry the same reverse-complement augmentation as finetuning. Runs until ``a.pretrain_tokens``
-    predicted tokens (0: no token budget) or ``a.pretrain_minutes`` of wall time, whichever comes first,
-    with a linear warm-up (50 steps) and a cosine decay over the token budget (over the time budget
-    without one); ``stopped_by`` says which budget ended it. A token budget makes the run independent
-    of the machine's load: same seed, same thread count, same weights. The LM head is the tied input
-    embedding, as in ``models.lm.LanguageModel``.
+    Causal backbones learn next-token prediction; bidirectional ones (Caduceus, bidirectional xLSTM) learn
+    BERT masked-token prediction (``models.lm.mlm_mask``: 15% of the real tokens, 80/10/10), as in their
+    papers. Logits come from the backbone's own LM head (``Backbone.lm_logits``: tied or untied, as the
+    family declares). ``dm`` is set up for "fit", so its train split already excludes the validation
+    sequences; batches carry the same reverse-complement augmentation as finetuning. Runs until
+    ``a.pretrain_tokens`` tokens (0: no token budget; predicted tokens for a causal model, input tokens
+    seen for a masked one, so both budgets cover the same data) or ``a.pretrain_minutes`` of wall time,
+    whichever comes first, with a linear warm-up (50 steps) and a cosine decay over the token budget (over
+    the time budget without one); ``stopped_by`` says which budget ended it. A token budget makes the run
+    independent of the machine's load: same seed, same thread count, same weights.
     """
     import math
 
     import torch
     import torch.nn.functional as F
 
+    from bioseq.models.lm import mlm_mask, special_token_ids
+
     tok = dm.tokenizer
     V = tok.vocab_size
+    masked = not backbone.causal
+    symbols, specials = torch.as_tensor(tok.symbol_ids), special_token_ids(tok)
+    gen = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(backbone.parameters(), lr=a.pretrain_lr, weight_decay=0.1)
     backbone.train()
     t0 = time.time()
@@ -106,21 +116,56 @@ def pretrain_clm(backbone, dm, a) -> dict:
             frac = tokens / token_budget if token_budget else elapsed
             for g in opt.param_groups:
                 g["lr"] = a.pretrain_lr * min(1.0, (steps + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
-            ids = batch["input_ids"]
-            target = ids[:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
-            logits = backbone(ids)[:, :-1] @ backbone.embed_tokens.weight[:V].T
-            loss = F.cross_entropy(logits.reshape(-1, V), target.reshape(-1), ignore_index=-100)
+            ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+            if masked:
+                inputs, target = mlm_mask(ids, mask, mask_id=tok.mask_id, symbol_ids=symbols,
+                                          special_ids=specials, generator=gen)
+                logits = backbone.lm_logits(backbone(inputs, attention_mask=mask))[..., :V]
+                seen = int(mask.sum())
+            else:
+                target = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
+                logits = backbone.lm_logits(backbone(ids, attention_mask=mask))[:, :-1, :V]
+                seen = int((target != -100).sum())
+            loss = F.cross_entropy(logits.reshape(-1, V).float(), target.reshape(-1), ignore_index=-100)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
             opt.step()
             steps += 1
-            tokens += int((target != -100).sum())
+            tokens += seen
             losses.append(loss.item())
     tail = losses[-50:]
-    return {"steps": steps, "tokens": tokens, "minutes": round((time.time() - t0) / 60, 2),
-            "stopped_by": stopped_by,
+    return {"objective": "mlm" if masked else "clm", "steps": steps, "tokens": tokens,
+            "minutes": round((time.time() - t0) / 60, 2), "stopped_by": stopped_by,
             "final_train_ppl": round(math.exp(sum(tail) / len(tail)), 4) if tail else None}
+
+
+# The tiny model of each family: (arch, preset) and how the script's shape options map onto its config.
+MODELS = {
+    "hyena": ("hyena", "hyenadna-tiny-1k"),
+    "mamba": ("mamba", "mamba-tiny"),
+    "mamba2": ("mamba", "mamba2-tiny"),
+    "caduceus-ph": ("caduceus", "caduceus-ph-tiny"),
+    "caduceus-ps": ("caduceus", "caduceus-ps-tiny"),
+    "dna-xlstm": ("xlstm", "dna-xlstm-tiny"),
+}
+
+
+def model_overrides(model: str, max_len: int, a) -> dict:
+    """Config overrides of ``MODELS[model]`` from the script's options (``--d-model``, ``--n-layer``, ...).
+
+    ``max_len`` is the longest sequence of the dataset; the two extra positions hold [CLS]/[SEP].
+    ``--d-inner`` and ``--dropout`` apply where the family has them (HyenaDNA's MLP width and embedding /
+    residual dropout; xLSTM's block dropout); the Mamba line has neither.
+    """
+    arch = MODELS[model][0]
+    out = dict(d_model=a.d_model, n_layer=a.n_layer)
+    if arch == "hyena":
+        out.update(d_inner=a.d_inner or 4 * a.d_model, l_max=max_len + 2, embed_dropout=a.dropout,
+                   resid_dropout=a.dropout)
+    elif arch == "xlstm":
+        out.update(max_length=max(1024, max_len + 2), dropout=a.dropout)
+    return out
 
 
 def _epoch_printer():
@@ -142,7 +187,8 @@ def _epoch_printer():
     return PrintValidation()
 
 
-def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
+def model_run(train: Path, test: Path, max_len: int, a) -> dict:
+    """Pretrain (optionally) and finetune the tiny ``a.model`` on one dataset; test it."""
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
@@ -161,27 +207,23 @@ def hyena_run(train: Path, test: Path, max_len: int, a) -> dict:
         eval_batch_size=256,
         rc_augment=a.rc_augment,
     )
-    overrides = dict(
-        d_model=a.d_model,
-        n_layer=a.n_layer,
-        d_inner=a.d_inner or 4 * a.d_model,
-        l_max=max_len + 2,
-        embed_dropout=a.dropout,
-        resid_dropout=a.dropout,
-    )
+    model_name = getattr(a, "model", "hyena")
+    arch, preset = MODELS[model_name]
+    overrides = model_overrides(model_name, max_len, a)
     pretrain = None
     backbone = None
     dm.setup("fit")  # the class count comes from the data's labels
     if a.pretrain_minutes > 0:
         from bioseq.models import build_backbone
 
-        backbone = build_backbone("hyena", "hyenadna-tiny-1k", **overrides)
-        pretrain = pretrain_clm(backbone, dm, a)
+        backbone = build_backbone(arch, preset, **overrides)
+        pretrain = pretrain_lm(backbone, dm, a)
         print("pretraining:", pretrain, flush=True)
         L.seed_everything(0, verbose=False)
     model = SequenceClassifier(
         backbone=backbone,
-        preset=None if backbone is not None else "hyenadna-tiny-1k",
+        arch=arch,
+        preset=None if backbone is not None else preset,
         backbone_overrides=None if backbone is not None else overrides,
         num_classes=dm.num_classes,
         pooling=a.pooling,
@@ -277,7 +319,11 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-tokens", type=float, default=40e6,
                    help="pretraining token budget (cosine schedule over it; 0 = budget by time only)")
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
-    p.add_argument("--skip-hyena", action="store_true")
+    p.add_argument("--model", choices=sorted(MODELS), default="hyena",
+                   help="the tiny backbone (hyena = HyenaDNA); "
+                        "bidirectional ones pretrain with masked-token prediction")
+    p.add_argument("--skip-model", "--skip-hyena", dest="skip_model", action="store_true",
+                   help="k-mer baselines only")
     p.add_argument("--kmer", type=int, nargs="*", default=[4, 6],
                    help="k of the k-mer baselines (none: skip them)")
     p.add_argument("--data-dir", default=str(SEQ_DIR),
@@ -291,20 +337,20 @@ def main(argv=None) -> int:
         train, test, max_len = split_files(name, work, seq_dir=Path(a.data_dir))
         row = {"kmer": kmer_rows(train, test, ks=a.kmer)}
         print(name, "k-mer:", {k: round(v["accuracy"], 4) for k, v in row["kmer"].items()}, flush=True)
-        if not a.skip_hyena:
-            row["hyena"] = hyena_run(train, test, max_len, a)
-            print(name, "hyena:", row["hyena"], flush=True)
+        if not a.skip_model:
+            row[a.model] = model_run(train, test, max_len, a)
+            print(name, f"{a.model}:", row[a.model], flush=True)
         results[name] = row
     settings = {k: v for k, v in vars(a).items() if k not in ("datasets", "out")}
     (work / "finetune_real.json").write_text(json.dumps({"settings": settings, "results": results}, indent=1))
     print(
-        "\n| dataset | 4-mer LR acc | 6-mer LR acc | tiny HyenaDNA acc | MCC | tested | (best val loss: "
+        f"\n| dataset | 4-mer LR acc | 6-mer LR acc | tiny {a.model} acc | MCC | tested | (best val loss: "
         "epoch, acc) | pretrain tokens / min | fit min (wall / CPU) | params |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for name, r in results.items():
-        h = r.get("hyena", {})
+        h = r.get(a.model, {})
         cmp = h.get("comparison") or {}
         pre = h.get("pretrain") or {}
         print(

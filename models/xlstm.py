@@ -145,6 +145,8 @@ class XLSTMConfig(BackboneConfig):
     norm_eps: float = 1e-5
     arch: str = "xlstm"
     alphabet: str = "dna"
+    tokenizer: str | None = None              # a tokenizer name other than the alphabet's default
+                                              # ("prot-xlstm": Prot-xLSTM's 38-token vocabulary)
 
     def __post_init__(self):
         if self.arch != "xlstm":
@@ -156,6 +158,17 @@ class XLSTMConfig(BackboneConfig):
             raise BioseqError(f"XLSTMConfig: rope must be one of {ROPE_KINDS}, got {self.rope!r}")
         if self.ffn_act not in FFN_ACTS:
             raise BioseqError(f"XLSTMConfig: ffn_act must be one of {sorted(FFN_ACTS)}, got {self.ffn_act!r}")
+        if self.tokenizer is not None:
+            from bioseq.tokenizers import get_tokenizer
+
+            if get_tokenizer(self.tokenizer).vocab_size > self.vocab_size:
+                raise BioseqError(f"XLSTMConfig: tokenizer {self.tokenizer!r} has more tokens than "
+                                  f"vocab_size={self.vocab_size}")
+        if self.inner_dim <= 0:
+            raise BioseqError(f"XLSTMConfig: d_model {self.d_model} x proj_factor {self.proj_factor} rounds "
+                              f"down to an inner width of 0 (multiple of "
+                              f"{self.round_proj_up_to_multiple_of}): "
+                              "raise d_model or set round_proj_up_dim_up=True")
         if self.inner_dim % self.num_heads or (self.inner_dim // self.num_heads) % 2 and self.rope == "head":
             raise BioseqError(f"XLSTMConfig: inner width {self.inner_dim} must split into {self.num_heads} "
                               "heads (of even size with rope='head')")
@@ -211,7 +224,7 @@ def _dna(d_model: int, n_layer: int, max_length: int, **kw) -> XLSTMConfig:
 def _prot(d_model: int, n_layer: int, **kw) -> XLSTMConfig:
     """Prot-xLSTM: 38 tokens, mLSTM only, RoPE over the inner width (base 500000), causal."""
     base = dict(d_model=d_model, n_layer=n_layer, vocab_size=38, rope="inner", rope_base=500000.0,
-                max_length=131072, alphabet="protein")
+                max_length=131072, alphabet="protein", tokenizer="prot-xlstm")
     return XLSTMConfig(**{**base, **kw})
 
 
@@ -1016,7 +1029,7 @@ def config_from_prot_xlstm(d: dict, **overrides) -> XLSTMConfig:
     base = config_from_xlstm_package({**d, "slstm_at": [], "slstm_block": None})
     kw = dict(rope="inner" if pos == "rot_1d" else "none",
               rope_base=float(d.get("rope_base_frequency", 500000)),
-              alphabet="protein")
+              alphabet="protein", tokenizer="prot-xlstm")
     return base.replace(**{**kw, **overrides})
 
 

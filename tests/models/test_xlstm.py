@@ -288,6 +288,8 @@ def test_config_rejects_unknown_and_inconsistent_fields():
         XLSTMConfig(n_layer=2, slstm_at=[2])
     with pytest.raises(BioseqError, match="rcps_reference_slstm_norm"):
         XLSTMConfig(rcps_reference_slstm_norm=True)
+    with pytest.raises(BioseqError, match="inner width of 0"):  # 2 x 16 rounds down to a multiple of 64
+        XLSTMConfig(d_model=16, round_proj_up_dim_up=False)
 
 
 def test_fim_layout_reproduces_the_prot_xlstm_collator(shared):
@@ -301,6 +303,32 @@ def test_fim_layout_reproduces_the_prot_xlstm_collator(shared):
     ids, pos = homolog_context(proteins, [[(5, 6), (17, 21)], [(51, 52)], []])
     assert ids[:128] == fx["input_ids"][0].tolist()
     assert pos[:128] == fx["position_ids"][0].tolist()
+
+
+def test_prot_xlstm_tokenizer_is_the_reference_vocabulary(shared, tmp_path):
+    """``get_tokenizer("prot-xlstm")`` has the reference's 38 ids; it rebuilds the fixture's context, and
+    a loaded Prot-xLSTM (foreign layout or a preset) comes with it."""
+    from bioseq.models import load_tokenizer_for
+    from bioseq.models.xlstm import homolog_context
+    from bioseq.tokenizers import get_tokenizer
+
+    fx = _fixture(shared, "fixture_protxlstm_tiny.pt")
+    tok = get_tokenizer("prot-xlstm")
+    assert tok.vocab == [fx["id_to_token"][i] for i in range(len(fx["id_to_token"]))]
+    assert (tok.cls_id, tok.pad_id, tok.eos_id, tok.unk_id, tok.mask_id) == (0, 1, 2, 3, 32)
+    assert list(tok.fim_mask_ids) == [33, 34, 35, 36, 37]
+    seqs = fx["protein_strings"][0]
+    proteins = [tok.encode(seqs[i], add_cls=True).tolist() for i in (0, 2, 1)]
+    ids, pos = homolog_context(proteins, [[(5, 6), (17, 21)], [(51, 52)], []], mask_ids=tok.fim_mask_ids,
+                               eos_id=tok.eos_id)
+    assert ids[:128] == fx["input_ids"][0].tolist() and pos[:128] == fx["position_ids"][0].tolist()
+    assert tok.decode(proteins[0]) == seqs[0]
+    (tmp_path / "config.json").write_text(json.dumps(fx["config_full"]))
+    torch.save(fx["state_dict"], tmp_path / "pytorch_model.bin")
+    assert load_tokenizer_for(load_backbone(tmp_path)).name == "prot-xlstm"
+    assert load_tokenizer_for(build_backbone("xlstm", "prot-xlstm-tiny")).vocab_size == 38
+    with pytest.raises(BioseqError, match="more tokens than vocab_size"):
+        XLSTMConfig(vocab_size=16, tokenizer="prot-xlstm")
 
 
 def test_fim_spans_are_valid():
