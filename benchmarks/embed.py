@@ -2,6 +2,7 @@
 
     python benchmarks/embed.py proteins     # 4,298 E. coli proteins: batched engine vs one-at-a-time loop
     python benchmarks/embed.py chromosome   # whole E. coli chromosome (4.6 Mb), --long chunk: time, peak RSS
+    python benchmarks/embed.py stream -m mamba-tiny   # whole chromosome, --long stream vs 16k windows
     python benchmarks/embed.py all
 
 ``proteins``: a tiny HyenaDNA preset with ``alphabet=protein`` and random weights (d_model 128,
@@ -12,6 +13,12 @@ process, same thread count. Also reports the largest difference between the two 
 
 ``chromosome``: runs ``bioseq embed -m hyenadna-tiny-1k <E. coli .fna.gz> --long chunk`` in a
 subprocess and reports wall time and the child's peak resident set size (``ru_maxrss``).
+
+``stream``: for a recurrent model (``-m``, default ``mamba-tiny``), embeds the whole chromosome twice in
+one run, each as its own ``bioseq embed`` subprocess with the same thread count: ``--long stream`` (one
+exact pass: 4,096-token blocks through ``forward(..., state=)``) and the plain forward on independent
+16,384-token windows (``--long chunk --max-length 16384 --overlap 0``). Reports wall and CPU seconds, bp/s
+and each child's peak RSS (``wait4``), and the throughput ratio.
 """
 
 from __future__ import annotations
@@ -96,9 +103,56 @@ def bench_chromosome(extra: list[str]) -> dict:
     return {"wall": wall, "rss_mb": rss_mb, "length": int(r["lengths"][0])}
 
 
+def _timed_child(cmd: list[str]) -> dict:
+    """Run ``cmd`` from the repository root; wall s, CPU s (user + system) and peak RSS (MB) of that child."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"benchmarks/embed.py: {' '.join(cmd)} failed")
+    return {"wall": wall, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
+
+
+def bench_stream(model: str, threads: int) -> dict:
+    """Whole chromosome: ``--long stream`` vs plain forward on 16k windows, same model and threads."""
+    import numpy as np
+
+    from bioseq.embed import read_embeddings
+
+    runs = {"--long stream (4,096-token blocks with state)": ["--long", "stream"],
+            "plain forward, 16,384-token windows": ["--long", "chunk", "--max-length", "16384",
+                                                    "--overlap", "0"]}
+    rows, means = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, flags) in enumerate(runs.items()):
+            out = Path(tmp) / f"{i}.h5"
+            cmd = [sys.executable, "-m", "bioseq.cli", "embed", "-m", model, str(GENOME), "-o", str(out),
+                   "-q", "--threads", str(threads), *flags]
+            rows[name] = _timed_child(cmd)
+            r = read_embeddings(out)
+            rows[name]["length"] = int(r["lengths"][0])
+            means[name] = np.asarray(r["mean"][0])
+    (a, ra), (b, rb) = rows.items()
+    print(f"\n### E. coli K-12 chromosome, {model} (random weights), {threads} thread(s), mean pooling, "
+          f"load avg {os.getloadavg()[0]:.1f}\n")
+    print("| method | length (bp) | wall s | CPU s | bp/s (wall) | bp/CPU s | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in rows.items():
+        bp = r["length"]
+        print(f"| {name} | {bp:,} | {r['wall']:.1f} | {r['cpu']:.1f} | {bp / r['wall']:,.0f} "
+              f"| {bp / r['cpu']:,.0f} | {r['rss_mb']:,.0f} |")
+    ratio_wall, ratio_cpu = ra["wall"] / rb["wall"], ra["cpu"] / rb["cpu"]
+    diff = float(np.abs(means[a] - means[b]).max())
+    print(f"\nstream / windows time: {ratio_wall:.2f}x wall, {ratio_cpu:.2f}x CPU; "
+          f"max |mean_stream - mean_windows| {diff:.2e} (windows cut the context; stream is exact)")
+    return {"rows": rows, "ratio_wall": ratio_wall, "ratio_cpu": ratio_cpu}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=("proteins", "chromosome", "all"))
+    p.add_argument("what", choices=("proteins", "chromosome", "stream", "all"))
+    p.add_argument("-m", "--model", default="mamba-tiny", help="stream: recurrent model")
     p.add_argument("--limit", type=int, default=None, help="proteins: only the first N")
     p.add_argument("--batch-tokens", type=int, default=16384)
     p.add_argument("--threads", type=int, default=None)
@@ -114,6 +168,8 @@ def main() -> None:
     if args.what in ("chromosome", "all"):
         extra = list(args.extra) + (["--threads", str(args.threads)] if args.threads else [])
         bench_chromosome(extra)
+    if args.what in ("stream", "all"):
+        bench_stream(args.model, args.threads or 1)
 
 
 if __name__ == "__main__":

@@ -146,7 +146,8 @@ class EmbedOptions:
     buffer_tokens / buffer_records: records are sorted and committed in buffers of this size; a
         killed run loses at most one buffer. Also bounds memory for pooled results.
     max_length: tokens per forward pass per sequence (None: the backbone's ``l_max`` if it has one,
-        else unlimited). ``long`` says what happens to longer inputs.
+        else the stream block, 4,096, with ``long="stream"``, else unlimited). ``long`` says what
+        happens to longer inputs.
     overlap: chunk-mode tokens of left context each window re-reads from the previous one
         (default max_length // 4).
     """
@@ -360,6 +361,10 @@ class Embedder:
         self.dim = int(backbone.hidden_size)
         if options.max_length is None:
             options.max_length = backbone_max_length(backbone)
+            if options.max_length is None and options.long == "stream":
+                # no length limit (Mamba, xLSTM): without one a chromosome would be one forward pass
+                # holding every position's activations; stream anything longer than one block instead
+                options.max_length = StreamStrategy.block
             options.validate()
         self.groups = [""] + [f"layers/{k}" for k in options.layers]
         if options.rc_average and not hasattr(tokenizer, "reverse_complement"):

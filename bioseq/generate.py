@@ -116,12 +116,15 @@ def check_generative(backbone, families: str = "") -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def allowed_tokens(vocab_size: int, eos_id: int, allow_eos: bool, device=None) -> torch.Tensor:
-    """BoolTensor[vocab_size]: the symbol ids (>= the specials), plus ``eos_id`` when ``allow_eos``."""
-    if vocab_size <= NUM_SPECIAL:
+def allowed_tokens(vocab_size: int, eos_id: int, allow_eos: bool, device=None,
+                   special_ids: list[int] | None = None) -> torch.Tensor:
+    """BoolTensor[vocab_size]: the symbol ids, plus ``eos_id`` when ``allow_eos``. ``special_ids`` are
+    the tokenizer's specials (default: the shared layout's first ``NUM_SPECIAL`` ids)."""
+    specials = list(range(NUM_SPECIAL)) if special_ids is None else [i for i in special_ids if i < vocab_size]
+    if vocab_size <= len(specials):
         raise GenerateError(f"the tokenizer has {vocab_size} tokens, none of them a symbol")
-    allowed = torch.zeros(vocab_size, dtype=torch.bool, device=device)
-    allowed[NUM_SPECIAL:] = True
+    allowed = torch.ones(vocab_size, dtype=torch.bool, device=device)
+    allowed[specials] = False
     if allow_eos:
         allowed[eos_id] = True
     return allowed
@@ -272,7 +275,7 @@ def generate(backbone, tokenizer, prompts: Sequence[np.ndarray | Sequence[int]],
                             "embedding rows: it is not this model's tokenizer")
     device = torch.device(device) if device is not None else next(backbone.parameters()).device
     backbone.eval()
-    allowed = allowed_tokens(vocab, tokenizer.eos_id, options.stop_at_eos, device)
+    allowed = allowed_tokens(vocab, tokenizer.eos_id, options.stop_at_eos, device, tokenizer.special_ids)
     generator = torch.Generator(device=device).manual_seed(int(seed))
     rows_on_dim0 = _rows_on_dim0(backbone, device)
     for p, ids in enumerate(prompts):

@@ -70,6 +70,7 @@ __all__ = [
     "TokenizerError",
     "DnaTokenizer",
     "ProteinTokenizer",
+    "ProtXLSTMTokenizer",
     "SmilesTokenizer",
     "get_tokenizer",
     "tokenizer_from_config",
@@ -153,6 +154,11 @@ class BaseTokenizer:
         self._warned = False
 
     # ----------------------------------------------------------------------------- vocabulary
+    @property
+    def alphabet(self) -> str:
+        """What the ids spell: ``"dna"``, ``"protein"`` or ``"smiles"`` (a model config's ``alphabet``)."""
+        return self.name
+
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
@@ -305,8 +311,12 @@ class BaseTokenizer:
         if low < 0 or high >= self.vocab_size:
             self._check_ids(arr)  # raises, naming the bad id
         if skip_special_tokens and low < NUM_SPECIAL:
-            arr = arr[arr >= NUM_SPECIAL]
+            arr = self._without_specials(arr)
         return self._decode_checked(arr)
+
+    def _without_specials(self, arr: np.ndarray) -> np.ndarray:
+        """``arr`` without the special-token ids (here: the first ``NUM_SPECIAL`` ids)."""
+        return arr[arr >= NUM_SPECIAL]
 
     def _decode_checked(self, arr: np.ndarray) -> str:
         table = self.__dict__.get("_vocab_array")
@@ -511,9 +521,9 @@ class _CharTokenizer(BaseTokenizer):
             self._raise_invalid(chr(data[first]), first, path, record, offset,
                                 ambiguous=codes[first] == _AMBIGUOUS)
         if self._has_unk:
-            n_unk = ids.count(UNK_ID)
+            n_unk = ids.count(self.unk_id)
             if n_unk:
-                first = ids.find(UNK_ID)
+                first = ids.find(self.unk_id)
                 example = text[first] if text else chr(data[first])
                 self._note_unknown(n_unk, example, path, record, offset + first + 1)
         if self._strip_ids:
@@ -707,6 +717,74 @@ class ProteinTokenizer(_CharTokenizer):
         return torch.arange(NUM_SPECIAL, NUM_SPECIAL + len(PROTEIN_STANDARD), dtype=torch.long)
 
 
+class ProtXLSTMTokenizer(ProteinTokenizer):
+    """Prot-xLSTM's (and ProtMamba's) own 38-token protein vocabulary, for its released weights.
+
+    Ids (the ESM-2 alphabet, then five fill-in-the-middle masks)::
+
+        <cls>0 <pad>1 <eos>2 <unk>3 L4 A5 G6 V7 S8 E9 R10 T11 I12 D13 P14 K15 Q16 N17 F18 Y19 M20 H21
+        W22 C23 X24 B25 U26 Z27 O28 .29 -30 <null_1>31 <mask>32 <mask-1>33 ... <mask-5>37
+
+    Each protein starts with ``<cls>`` (``add_cls=True``); a homolog context is proteins one after the
+    other (``models.xlstm.homolog_context`` adds the fill-in-the-middle layout). ``*`` is not in this
+    vocabulary (an error, or ``<unk>`` with ``unknown="unk"``); gaps ``-`` and ``.`` are tokens unless
+    ``strip_gaps``. There is no [BOS] or [RESERVED]; ``sep_id == eos_id == 2``.
+    """
+
+    name = "prot-xlstm"
+    alphabet = "protein"
+    symbols = "LAGVSERTIDPKQNFYMHWCXBUZO.-"
+    _allowed_text = "20 standard amino acids, X B Z U O, gaps '-' '.' (either case)"
+    special_tokens = ("<cls>", "<pad>", "<eos>", "<unk>", "<null_1>", "<mask>",
+                      "<mask-1>", "<mask-2>", "<mask-3>", "<mask-4>", "<mask-5>")
+    cls_id, pad_id, sep_id, eos_id, unk_id, mask_id = 0, 1, 2, 2, 3, 32
+    bos_id = reserved_id = None
+    fim_mask_ids = (33, 34, 35, 36, 37)
+
+    def __init__(self, *, strip_gaps: bool = False, unknown: str = "error") -> None:
+        BaseTokenizer.__init__(self)
+        if unknown not in ("error", "unk"):
+            raise ValueError(f"unknown must be 'error' or 'unk', got {unknown!r}")
+        self.unknown = unknown
+        self.strip_gaps = bool(strip_gaps)
+        specials = self.special_tokens
+        self.vocab = [*specials[:4], *self.symbols, *specials[4:]]
+        table = np.full(256, _INVALID if unknown == "error" else self.unk_id, dtype=np.uint8)
+        for i, ch in enumerate(self.symbols):
+            self._map(table, ch, 4 + i)
+        self._table = table.tobytes()
+        self._has_unk = unknown == "unk"
+        decode = np.zeros(self.vocab_size, dtype=np.uint8)
+        decode[4:4 + len(self.symbols)] = np.frombuffer(self.symbols.encode("ascii"), dtype=np.uint8)
+        self._decode_table = decode
+        self._is_special = np.array([t in specials for t in self.vocab])
+        self._strip_ids = bytes(self.vocab.index(g) for g in PROTEIN_GAPS) if self.strip_gaps else b""
+
+    @property
+    def special_ids(self) -> list[int]:
+        return [int(i) for i in np.flatnonzero(self._is_special)]
+
+    @property
+    def symbol_ids(self) -> torch.Tensor:
+        """The 20 standard amino acids (4..23)."""
+        return torch.arange(4, 4 + len(PROTEIN_STANDARD), dtype=torch.long)
+
+    def _without_specials(self, arr: np.ndarray) -> np.ndarray:
+        return arr[~self._is_special[arr]]
+
+    def decode(self, ids: Any, *, skip_special_tokens: bool = True) -> str:
+        arr = _as_numpy_ids(ids)
+        if arr.ndim == 1 and arr.size and skip_special_tokens:
+            self._check_ids(arr)
+            return self._decode_checked(self._without_specials(arr))
+        return super().decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def _decode_checked(self, arr: np.ndarray) -> str:
+        if arr.size and self._is_special[arr].any():
+            return BaseTokenizer._decode_checked(self, arr)
+        return self._decode_table.take(arr).tobytes().decode("ascii")
+
+
 # --------------------------------------------------------------------------------------------- SMILES
 _SMILES_GRAMMAR = (
     r"\[[^\[\]\s]+\]"  # bracket atom: [nH+] [C@@H] [13CH3] [Na+] [Fe+2]
@@ -851,6 +929,7 @@ class SmilesTokenizer(BaseTokenizer):
 _REGISTRY: dict[str, type[BaseTokenizer]] = {
     "dna": DnaTokenizer,
     "protein": ProteinTokenizer,
+    "prot-xlstm": ProtXLSTMTokenizer,
     "smiles": SmilesTokenizer,
 }
 

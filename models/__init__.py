@@ -52,17 +52,20 @@ def register(family: Family) -> Family:
 
 
 def load_tokenizer_for(backbone_or_dir):
-    """The tokenizer saved beside the weights (``tokenizer.json``), else the default for the alphabet."""
+    """The tokenizer saved beside the weights (``tokenizer.json``), else the one the config names
+    (``tokenizer``, e.g. Prot-xLSTM's ``"prot-xlstm"``), else the default for its alphabet."""
     from bioseq import tokenizers
 
     if isinstance(backbone_or_dir, (str, Path)):
         directory = Path(backbone_or_dir)
         alphabet = None
         if (directory / "config.json").is_file():
-            alphabet = json.loads((directory / "config.json").read_text()).get("alphabet")
+            saved = json.loads((directory / "config.json").read_text())
+            alphabet = saved.get("tokenizer") or saved.get("alphabet")
     else:
         directory = getattr(backbone_or_dir, "_source_dir", None)
-        alphabet = getattr(backbone_or_dir.config, "alphabet", None)
+        config = backbone_or_dir.config
+        alphabet = getattr(config, "tokenizer", None) or getattr(config, "alphabet", None)
     if directory is not None and (Path(directory) / "tokenizer.json").is_file():
         return tokenizers.load_tokenizer(Path(directory) / "tokenizer.json")
     return tokenizers.get_tokenizer(alphabet or "dna")

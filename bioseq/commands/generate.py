@@ -134,8 +134,8 @@ def load_generator_model(spec: str, seed: int, tokenizer_path: str | None):
             raise GenerateError(f"{spec}: a SMILES model needs its vocabulary: {where} is missing "
                                 "(export the model with its tokenizer, or pass --tokenizer FILE)")
         tokenizer = models.load_tokenizer_for(backbone)
-    if tokenizer.name != backbone.alphabet:
-        raise GenerateError(f"{spec}: the tokenizer is for {tokenizer.name!r}, the model for "
+    if tokenizer.alphabet != backbone.alphabet:
+        raise GenerateError(f"{spec}: the tokenizer is for {tokenizer.alphabet!r}, the model for "
                             f"{backbone.alphabet!r}")
     return backbone, tokenizer
 

@@ -218,7 +218,7 @@ def homology(a) -> None:
         raise BioseqError("--homologs must be >= 0 and --targets >= 1")
     family = read_family(a.alignment, a.insertions)
     backbone, tok = _backbone(a)
-    if getattr(tok, "name", None) != "protein":
+    if getattr(tok, "alphabet", None) != "protein":
         raise BioseqError(f"--backbone {a.backbone}: a '{tok.name}' model; homology context needs a protein "
                           "model")
     bar = _bar(not a.no_progress, a.targets, "targets", unit="target")

@@ -327,6 +327,16 @@ def test_backbone_l_max_is_the_default_max_length(tok):
     assert e.options.max_length == 12 and e.options.chunk_overlap == 3
 
 
+def test_stream_without_a_length_limit_streams_in_blocks(tok):
+    """A stateful backbone with no l_max (Mamba, xLSTM) and ``--long stream``: records longer than one
+    block are streamed (not one forward pass over a whole chromosome)."""
+    from bioseq.embed import StreamStrategy
+
+    e = Embedder(TinyStepper().eval(), tok, EmbedOptions(long="stream"))
+    assert e.options.max_length == StreamStrategy.block == 4096
+    assert Embedder(TinyStepper().eval(), tok, EmbedOptions(long="chunk")).options.max_length is None
+
+
 def test_stream_exact_for_stateful_and_refused_for_stateless(tmp_path, model, tok):
     with pytest.raises(EmbedError, match="recurrent state"):
         Embedder(model, tok, EmbedOptions(long="stream", max_length=16))

@@ -310,6 +310,18 @@ def test_cli_prompt_text_ids_and_mamba(saved, tmp_path, capsys):
     assert all(s.startswith("ACGT") and len(s) == 11 for _, s in records)
 
 
+def test_cli_prot_xlstm_uses_its_own_vocabulary(tmp_path, capsys):
+    """A Prot-xLSTM (38-token vocabulary, <cls> 0) generates proteins: only residues and gaps come out."""
+    out = tmp_path / "p.fa"
+    code, _, err = generate_cli(capsys, "-m", "prot-xlstm-tiny", "--prompt", "MKV", "--add-cls", "-n", 3,
+                                "--max-new-tokens", 12, "--no-stop-at-eos", "-o", out)
+    assert code == 0, err
+    records = read_fasta_text(out)
+    assert len(records) == 3
+    assert all(s.startswith("MKV") and len(s) == 15 and set(s) <= set("LAGVSERTIDPKQNFYMHWCXBUZO.-")
+               for _, s in records)
+
+
 def test_cli_smiles_one_per_line(saved, tmp_path, capsys):
     out = tmp_path / "mols.smi"
     code, _, err = generate_cli(capsys, "-m", saved["chem"], "-n", 7, "--max-new-tokens", 20, "-o", out)

@@ -380,6 +380,39 @@ def test_protein_alignment_gaps_and_strip():
         strip.encode("M-J")
 
 
+def test_prot_xlstm_vocabulary_on_the_real_proteome_and_alignment():
+    """Prot-xLSTM's own ids: <cls>0 <pad>1 <eos>2 <unk>3, L4 ... O28, gaps .29 -30, masks 32..37; the
+    whole E. coli proteome (fast path, long inputs) and DHFR alignment rows encode and round-trip."""
+    from bioseq.tokenizers import ProtXLSTMTokenizer
+
+    tok = get_tokenizer("prot-xlstm")
+    assert isinstance(tok, ProtXLSTMTokenizer) and tok.vocab_size == 38
+    assert tok.encode("LAGVSERTIDPKQNFYMHWCXBUZO.-").tolist() == list(range(4, 31))
+    assert tok.encode("mk", add_cls=True, add_eos=True).tolist() == [0, 20, 15, 2]
+    assert tok.decode([0, 20, 32, 33, 15, 2, 1]) == "MK"
+    assert tok.decode([0, 20, 33, 2], skip_special_tokens=False) == "<cls>M<mask-1><eos>"
+    assert tok.special_ids == [0, 1, 2, 3, 31, 32, 33, 34, 35, 36, 37]
+    assert tok.symbol_ids.tolist() == list(range(4, 24))
+    batch = tok.batch_encode(["MKV", "AC"], add_cls=True)
+    assert batch["input_ids"].tolist() == [[0, 20, 15, 7], [0, 5, 23, 1]]
+    records = read_fasta_gz(shared_path("data", "protein", "ecoli_k12_proteome_GCF_000005845.2.faa.gz"))
+    for name, seq in records:
+        assert tok.decode(tok.encode(seq, record=name)) == seq
+    rows = read_fasta_gz(shared_path("data", "protein", "DHFR_ecoli_homologs_plmc.a2m.gz"))[:200]
+    strip = get_tokenizer("prot-xlstm", strip_gaps=True)
+    for name, seq in rows:
+        assert tok.decode(tok.encode(seq, record=name)) == seq.upper()
+        assert 30 not in strip.encode(seq, record=name)
+    with pytest.raises(TokenizerError, match=r"record 'p1', position 3: invalid protein character '\*'"):
+        tok.encode("MK*", record="p1")
+    unk = get_tokenizer("prot-xlstm", unknown="unk")
+    with pytest.warns(UserWarning, match="prot-xlstm vocabulary"):
+        assert unk.encode("MK*J").tolist() == [20, 15, 3, 3]
+    assert unk.unk_count == 2
+    assert tokenizer_from_config(tok.to_dict()).to_dict() == tok.to_dict()
+    assert pickle.loads(pickle.dumps(strip)).encode("A-C").tolist() == [5, 23]
+
+
 # ------------------------------------------------------------------------------------------- SMILES
 def test_smiles_tokens_cover_grammar():
     toks = smiles_tokens("  C[C@@H](Cl)c1ccc[nH+]c1Br.[Na+]%12C=C#N/C\\C=O*  ")
