@@ -294,8 +294,9 @@ class ProteinDataModule(pl.LightningDataModule):
         unknown: ``"error"`` (default) or ``"unk"`` for residues outside the protein alphabet.
         allow_duplicates: accept repeated record ids in ``fasta`` (they share a split).
         seed: seeds crops, shuffling and context draws (with the epoch).
-        tokenizer: ``"protein"`` (the shared layout, default) or ``"prot-xlstm"`` (Prot-xLSTM's own
-            38-token vocabulary, for its presets and released weights).
+        vocabulary: ``"protein"`` (the shared layout, default) or ``"prot-xlstm"`` (Prot-xLSTM's own
+            38-token vocabulary, for its presets and released weights). Named apart from the LM's
+            ``tokenizer`` (Lightning merges both hyperparameter sets).
     """
 
     def __init__(
@@ -318,13 +319,13 @@ class ProteinDataModule(pl.LightningDataModule):
         allow_duplicates: bool = False,
         seed: int = 0,
         pin_memory: bool = False,
-        tokenizer: str = "protein",
+        vocabulary: str = "protein",
     ):
         super().__init__()
         self.save_hyperparameters()
-        if tokenizer not in ("protein", "prot-xlstm"):
-            raise BioseqError(f"ProteinDataModule: tokenizer must be 'protein' or 'prot-xlstm', "
-                              f"got {tokenizer!r}")
+        if vocabulary not in ("protein", "prot-xlstm"):
+            raise BioseqError(f"ProteinDataModule: vocabulary must be 'protein' or 'prot-xlstm', "
+                              f"got {vocabulary!r}")
         if (fasta is None) == (alignment is None):
             raise BioseqError(
                 "ProteinDataModule: give exactly one of fasta (sequences) or alignment (homologs)"
@@ -347,7 +348,7 @@ class ProteinDataModule(pl.LightningDataModule):
         self.paths = _as_paths(fasta)
         self.alignments = _as_paths(alignment)
         self.fractions = {"val": val_fraction, "test": test_fraction}
-        self.tokenizer = get_tokenizer(tokenizer, unknown=unknown)
+        self.tokenizer = get_tokenizer(vocabulary, unknown=unknown)
         self.counts: dict[str, int] | None = None
         self.families: list[list[str]] | None = None
 

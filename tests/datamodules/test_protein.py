@@ -188,14 +188,14 @@ def test_real_dhfr_alignment(shared):
 
 
 def test_prot_xlstm_vocabulary_with_a_prot_xlstm_model(shared):
-    """``tokenizer="prot-xlstm"``: batches in Prot-xLSTM's ids (<cls> 0, <eos> 2, <pad> 1) that a
+    """``vocabulary="prot-xlstm"``: batches in Prot-xLSTM's ids (<cls> 0, <eos> 2, <pad> 1) that a
     Prot-xLSTM preset takes through the LM step (the vocabularies agree)."""
     from bioseq.models import build_backbone
     from bioseq.models.lm import LanguageModel
 
     path = shared("data", "protein", "ecoli_k12_proteome_GCF_000005845.2.faa.gz")
     dm = ProteinDataModule(fasta=str(path), max_length=64, batch_size=4, val_fraction=0.05,
-                           tokenizer="prot-xlstm")
+                           vocabulary="prot-xlstm")
     dm.setup()
     b = next(iter(dm.val_dataloader()))
     ids, mask = b["input_ids"], b["attention_mask"]
@@ -204,5 +204,5 @@ def test_prot_xlstm_vocabulary_with_a_prot_xlstm_model(shared):
     lm = LanguageModel(backbone=build_backbone("xlstm", "prot-xlstm-tiny"), tokenizer="prot-xlstm")
     loss_sum, count = lm.token_losses(b)
     assert torch.isfinite(loss_sum) and int(count) > 0
-    with pytest.raises(BioseqError, match="tokenizer must be 'protein' or 'prot-xlstm'"):
-        ProteinDataModule(fasta=str(path), tokenizer="esm")
+    with pytest.raises(BioseqError, match="vocabulary must be 'protein' or 'prot-xlstm'"):
+        ProteinDataModule(fasta=str(path), vocabulary="esm")
