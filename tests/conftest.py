@@ -30,6 +30,18 @@ def shared():
     return shared_path
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one torch thread (thread fan-out costs more than the work, and is slowed by a busy
+    machine's hand-offs); the previous count is restored after the test."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     """Seed torch for tests that use it, without importing torch for those that do not."""

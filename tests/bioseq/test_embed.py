@@ -143,13 +143,7 @@ def alone(model, tok, seq, **kw):
     return h
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: thread fan-out only costs time on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster
 
 
 @pytest.fixture

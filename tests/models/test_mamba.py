@@ -23,15 +23,6 @@ TINY = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Token-by-token loops over tiny tensors: thread start-up would cost more than the work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _fixture(shared, variant):
     return torch.load(shared("fixtures", FIXTURES[variant]), weights_only=True)
 

@@ -17,13 +17,7 @@ from bioseq.models.xlstm import XLSTM, XLSTMConfig, convert_foreign_state_dict, 
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one thread is faster (and not slowed by a busy machine's thread hand-offs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny shapes: one thread is faster
 
 
 def _max_diff(a, b):
