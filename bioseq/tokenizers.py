@@ -310,13 +310,13 @@ class BaseTokenizer:
         low, high = int(arr.min()), int(arr.max())
         if low < 0 or high >= self.vocab_size:
             self._check_ids(arr)  # raises, naming the bad id
-        if skip_special_tokens and low < NUM_SPECIAL:
-            arr = self._without_specials(arr)
+        if skip_special_tokens:
+            arr = self._without_specials(arr, low)
         return self._decode_checked(arr)
 
-    def _without_specials(self, arr: np.ndarray) -> np.ndarray:
-        """``arr`` without the special-token ids (here: the first ``NUM_SPECIAL`` ids)."""
-        return arr[arr >= NUM_SPECIAL]
+    def _without_specials(self, arr: np.ndarray, low: int) -> np.ndarray:
+        """``arr`` (smallest id ``low``) without the special-token ids: here the first ``NUM_SPECIAL``."""
+        return arr[arr >= NUM_SPECIAL] if low < NUM_SPECIAL else arr
 
     def _decode_checked(self, arr: np.ndarray) -> str:
         table = self.__dict__.get("_vocab_array")
@@ -769,15 +769,8 @@ class ProtXLSTMTokenizer(ProteinTokenizer):
         """The 20 standard amino acids (4..23)."""
         return torch.arange(4, 4 + len(PROTEIN_STANDARD), dtype=torch.long)
 
-    def _without_specials(self, arr: np.ndarray) -> np.ndarray:
+    def _without_specials(self, arr: np.ndarray, low: int) -> np.ndarray:
         return arr[~self._is_special[arr]]
-
-    def decode(self, ids: Any, *, skip_special_tokens: bool = True) -> str:
-        arr = _as_numpy_ids(ids)
-        if arr.ndim == 1 and arr.size and skip_special_tokens:
-            self._check_ids(arr)
-            return self._decode_checked(self._without_specials(arr))
-        return super().decode(ids, skip_special_tokens=skip_special_tokens)
 
     def _decode_checked(self, arr: np.ndarray) -> str:
         if arr.size and self._is_special[arr].any():
