@@ -76,10 +76,10 @@ def pretrain_lm(backbone, dm, a) -> dict:
     """Language-model pretraining of ``backbone`` on the training split's sequences only (labels unused).
 
     Causal backbones learn next-token prediction; bidirectional ones (Caduceus, bidirectional xLSTM) learn
-    BERT masked-token prediction (``models.lm.mlm_mask``: 15% of the real tokens, 80/10/10), as in their
-    papers. Logits come from the backbone's own LM head (``Backbone.lm_logits``: tied or untied, as the
-    family declares). ``dm`` is set up for "fit", so its train split already excludes the validation
-    sequences; batches carry the same reverse-complement augmentation as finetuning. Runs until
+    BERT masked-token prediction (15% of the real tokens, 80/10/10), as in their papers: the loss is
+    ``models.lm.LanguageModel.token_losses`` (the backbone's own LM head, tied or untied) on a
+    LanguageModel wrapping ``backbone``. ``dm`` is set up for "fit", so its train split already excludes
+    the validation sequences; batches carry the same reverse-complement augmentation as finetuning. Runs until
     ``a.pretrain_tokens`` tokens (0: no token budget; predicted tokens for a causal model, input tokens
     seen for a masked one, so both budgets cover the same data) or ``a.pretrain_minutes`` of wall time,
     whichever comes first, with a linear warm-up (50 steps) and a cosine decay over the token budget (over
@@ -89,14 +89,11 @@ def pretrain_lm(backbone, dm, a) -> dict:
     import math
 
     import torch
-    import torch.nn.functional as F
 
-    from bioseq.models.lm import mlm_mask, special_token_ids
+    from bioseq.models.lm import LanguageModel
 
-    tok = dm.tokenizer
-    V = tok.vocab_size
     masked = not backbone.causal
-    symbols, specials = torch.as_tensor(tok.symbol_ids), special_token_ids(tok)
+    lm = LanguageModel(backbone=backbone, tokenizer=dm.tokenizer, objective="mlm" if masked else "clm")
     gen = torch.Generator().manual_seed(0)
     opt = torch.optim.AdamW(backbone.parameters(), lr=a.pretrain_lr, weight_decay=0.1)
     backbone.train()
@@ -116,17 +113,10 @@ def pretrain_lm(backbone, dm, a) -> dict:
             frac = tokens / token_budget if token_budget else elapsed
             for g in opt.param_groups:
                 g["lr"] = a.pretrain_lr * min(1.0, (steps + 1) / 50) * 0.5 * (1 + math.cos(math.pi * frac))
-            ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-            if masked:
-                inputs, target = mlm_mask(ids, mask, mask_id=tok.mask_id, symbol_ids=symbols,
-                                          special_ids=specials, generator=gen)
-                logits = backbone.lm_logits(backbone(inputs, attention_mask=mask))[..., :V]
-                seen = int(mask.sum())
-            else:
-                target = ids[:, 1:].masked_fill(~mask[:, 1:], -100)
-                logits = backbone.lm_logits(backbone(ids, attention_mask=mask))[:, :-1, :V]
-                seen = int((target != -100).sum())
-            loss = F.cross_entropy(logits.reshape(-1, V).float(), target.reshape(-1), ignore_index=-100)
+            tokens_only = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+            loss_sum, count = lm.token_losses(tokens_only, gen)  # class labels are not LM labels
+            loss = loss_sum / count
+            seen = int(batch["attention_mask"].sum()) if masked else int(count)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
