@@ -286,13 +286,12 @@ class HeadwiseLinear(nn.Module):
         y = y.reshape(shape)
         return y if self.bias is None else y + self.bias
 
-    def channels_first(self, x: torch.Tensor) -> torch.Tensor:
-        """The same map on ``x [B, NB * I, L]`` -> ``[B, NB * O, L]``: a grouped 1x1 convolution (fast for
-        long inputs; for a few positions, e.g. a recurrent step, one batched product is faster)."""
-        if x.shape[-1] < 64:
-            return self.forward(x.transpose(1, 2)).transpose(1, 2)
-        w = self.weight.reshape(-1, self.weight.shape[-1], 1)
-        return F.conv1d(x, w, self.bias, groups=self.num_blocks)
+    def channel_major(self, x: torch.Tensor) -> torch.Tensor:
+        """The same map on channel-major ``x [NB * I, N]`` -> ``[NB * O, N]`` (contiguous): one batched
+        product over the blocks, no transposes (N = batch x positions)."""
+        NB, O, I = self.weight.shape
+        y = torch.bmm(self.weight, x.reshape(NB, I, -1)).view(NB * O, -1)
+        return y if self.bias is None else y + self.bias[:, None]
 
 
 def head_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -391,16 +390,22 @@ class MLSTMLayer(nn.Module):
         self.dropout = nn.Dropout(c.dropout)
 
     def _branches(self, x, positions, window):
-        """The mLSTM branch up to the cell, channels first (block-diagonal projections as grouped 1x1
-        convolutions, gates as one matmul over channels).
+        """The mLSTM branch up to the cell.
 
         x [B, L, D], positions [B, L], window [B, K-1, E] or None. Returns xc [B, E, L] (convolved,
         SiLU), z [B, L, E], q, k, v [B, NH, L, DH], gate pre-activations i, f [B, NH, L] and the new
         window."""
         B, L, _ = x.shape
         E, NH, DH = self.inner, self.num_heads, self.head_dim
-        up = self.proj_up(x)
-        xm, z = up[..., :E].transpose(1, 2), up[..., E:]                       # [B, E, L], [B, L, E]
+        # The mLSTM branch is computed channel-major ([E, B * L]: the up-projection as W x^T) up to the
+        # cell, so that the convolution, the block-diagonal projections (one bmm each) and the gates (one
+        # matmul over channels) need no transposes; z stays token-major for the output gate.
+        w_up, b_up = self.proj_up.weight, self.proj_up.bias
+        xm = torch.mm(w_up[:E], x.reshape(B * L, -1).t())                     # [E, B * L]
+        if b_up is not None:
+            xm = xm + b_up[:E, None]
+        xm = xm.view(E, B, L).transpose(0, 1)                                   # [B, E, L] view
+        z = F.linear(x, w_up[E:], None if b_up is None else b_up[E:])          # [B, L, E]
         K = self.conv_weight.shape[-1]
         if window is None:
             xc = causal_conv1d(xm, self.conv_weight, self.conv_bias)
@@ -411,19 +416,20 @@ class MLSTMLayer(nn.Module):
             else:
                 xc = causal_conv1d(full, self.conv_weight, self.conv_bias)[..., K - 1:]
             window = full[..., full.shape[-1] - (K - 1):].transpose(1, 2)
-        xc = F.silu(xc)
-        q, k = self.q_proj.channels_first(xc), self.k_proj.channels_first(xc)
-        v = self.v_proj.channels_first(xm)
+        xc = F.silu(xc)                                      # channel-major unless a window was prepended
+        xc_cm = xc.transpose(0, 1).reshape(E, B * L)
+        q, k = self.q_proj.channel_major(xc_cm), self.k_proj.channel_major(xc_cm)
+        v = self.v_proj.channel_major(xm.transpose(0, 1).reshape(E, B * L))
         if self.rope == "inner":                          # Prot-xLSTM: the gates see rotated q, k
             cos, sin = rope_tables(positions, E, self.rope_base)
-            q = rope_apply(q.transpose(1, 2), cos, sin).transpose(1, 2)
-            k = rope_apply(k.transpose(1, 2), cos, sin).transpose(1, 2)
+            q, k = (rope_apply(t.view(E, B, L).permute(1, 2, 0), cos, sin).permute(2, 0, 1).reshape(E, B * L)
+                    for t in (q, k))
         w = torch.cat([self.igate.weight, self.fgate.weight])                  # [2 NH, 3 E]
         b = torch.cat([self.igate.bias, self.fgate.bias])
-        gates = sum(torch.einsum("ge,bel->bgl", w_part, t) for w_part, t in zip(w.split(E, dim=1), (q, k, v)))
-        gates = gates + b[:, None]                                              # [B, 2 NH, L]
+        gates = torch.addmm(b[:, None], w[:, :E], q).addmm_(w[:, E:2 * E], k).addmm_(w[:, 2 * E:], v)
+        gates = gates.view(2 * NH, B, L).transpose(0, 1)                        # [B, 2 NH, L]
         i, f = gates[:, :NH], gates[:, NH:]
-        q, k, v = (t.reshape(B, NH, DH, L).transpose(2, 3) for t in (q, k, v))   # [B, NH, L, DH]
+        q, k, v = (t.view(NH, DH, B, L).permute(2, 0, 3, 1) for t in (q, k, v))  # [B, NH, L, DH] views
         if self.rope == "head":                           # DNA-xLSTM: rotation after the gates
             cos, sin = rope_tables(positions, DH, self.rope_base)
             cos, sin = cos[:, None], sin[:, None]                              # same angles for every head

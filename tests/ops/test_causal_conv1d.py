@@ -111,6 +111,23 @@ def test_shifted_values_and_gradients_match_ref_on_transposed_views(case):
         assert max_rel(a, b) < 2e-6, (name, max_rel(a, b))
 
 
+def test_shifted_reads_a_channel_major_buffer_in_place():
+    """xLSTM's layout: a channel-major [D, B, L] buffer seen as [B, D, L] is convolved without a copy; the
+    output keeps that layout and outputs and gradients equal the spec's."""
+    B, D, L, K = 2, 6, 37, 4
+    buf = torch.randn(D, B, L, requires_grad=True)
+    x = buf.transpose(0, 1)
+    w, bias = torch.randn(D, K, requires_grad=True), torch.randn(D, requires_grad=True)
+    y = causal_conv1d_shifted(x, w, bias, "silu")
+    assert y.stride() == x.stride()                                  # channel-major in, channel-major out
+    y_ref = causal_conv1d_ref(x, w, bias, "silu")
+    gy = torch.randn(D, B, L).transpose(0, 1)                         # a gradient in the same layout
+    got = (y, *torch.autograd.grad(y, (buf, w, bias), gy))
+    want = (y_ref, *torch.autograd.grad(y_ref, (buf, w, bias), gy))
+    for name, a, b in zip(["y", "dx", "dweight", "dbias"], got, want):
+        assert max_rel(a, b) < 2e-6, (name, max_rel(a, b))
+
+
 def test_shifted_gradcheck_float64():
     x = torch.randn(2, 3, 7, dtype=torch.float64, requires_grad=True)
     w = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)

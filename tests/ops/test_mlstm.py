@@ -229,6 +229,31 @@ def test_bad_shapes_raise():
         mlstm_chunkwise(q, q, q, q[..., 0], q[..., 0], initial_state=mlstm_zero_state(1, 2, 3))
 
 
+@pytest.mark.parametrize("S", [128, 100])
+def test_chunkwise_keeps_the_callers_layouts(S):
+    """q, k, v given as views of channel-major [NH * DH, B, S] buffers (the xLSTM layer's layout): their
+    gradients come back in that layout (no copy to bring them back) and h is stored token-major; values
+    equal those of contiguous inputs."""
+    B, NH, DH, chunk = 2, 2, 8, 32
+    q, k, v, i, f = inputs(B, NH, S, DH, dtype=torch.float32, grad=False)
+    bufs = [t.permute(1, 3, 0, 2).contiguous().requires_grad_() for t in (q, k, v)]   # [NH, DH, B, S]
+    views = [b.permute(2, 0, 3, 1) for b in bufs]                                     # [B, NH, S, DH]
+    seen = {}
+    for name, t in zip("qkv", views):
+        t.register_hook(lambda g, name=name: seen.__setitem__(name, g.stride()))
+    h = mlstm_chunkwise(*views, i, f, chunk_size=chunk)
+    assert h.shape == (B, NH, S, DH) and (S % chunk or h.transpose(1, 2).is_contiguous())
+    gh = torch.randn_like(h)
+    grads = torch.autograd.grad(h, bufs, gh)
+    assert seen == {name: t.stride() for name, t in zip("qkv", views)}
+    plain = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    h_ref = mlstm_chunkwise(*plain, i, f, chunk_size=chunk)
+    want = torch.autograd.grad(h_ref, plain, gh)
+    assert torch.allclose(h, h_ref, atol=1e-6)
+    for g, w in zip(grads, want):
+        assert torch.allclose(g.permute(2, 0, 3, 1), w, atol=1e-5)
+
+
 def test_backward_keeps_inputs_and_chunk_states_only():
     """Saved for the backward: q, k, v, gates, the output h, three numbers per token and one (C, n, m) per
     chunk; no [S, chunk] matrices."""

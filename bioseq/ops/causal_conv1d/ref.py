@@ -8,7 +8,8 @@ is the Conv1d weight [D, 1, K] squeezed; the last tap multiplies the current pos
 as K shifted multiply-adds (up to float rounding: the taps are summed in another order) and is what
 runs on CPU for K <= 8: Hyena and Mamba call the conv on a transposed view ``[B, L, C] -> [B, C, L]``
 of a linear layer's output, where a CPU ``conv1d`` with groups=C and K = 3 or 4 is slow
-(benchmarks/RESULTS.md: 2x in forward and backward at L <= 1k). x is made contiguous once and every
+(benchmarks/RESULTS.md: 2x in forward and backward at L <= 1k). x is copied once unless its positions
+are already adjacent in memory (a channel-major [D, B, L] buffer is read in place), and every
 tap is one multiply-add over a shifted slice; the backward is written out the same way (K shifted
 multiply-adds for dx, K dot products for dweight) and keeps x only.
 """
@@ -54,10 +55,16 @@ def _conv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.
     return y
 
 
+def _unit_stride(x: torch.Tensor) -> torch.Tensor:
+    """x itself when its positions are adjacent in memory (any order of B and D: a channel-major [D, B, L]
+    buffer seen as [B, D, L] needs no copy), else a contiguous copy."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 class _ShiftedConv(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, silu: bool):
-        x = x.contiguous()
+        x = _unit_stride(x)
         w = weight.to(x.dtype)
         y = _conv(x, w, None if bias is None else bias.to(x.dtype))
         ctx.save_for_backward(x, weight, bias)
@@ -69,7 +76,7 @@ class _ShiftedConv(torch.autograd.Function):
         x, weight, bias = ctx.saved_tensors
         L, K = x.shape[-1], weight.shape[-1]
         w = weight.to(x.dtype)
-        g = grad_y.contiguous()
+        g = _unit_stride(grad_y)
         if ctx.silu:  # the pre-activation z is recomputed, not saved
             z = _conv(x, w, None if bias is None else bias.to(x.dtype))
             g = torch.ops.aten.silu_backward(g, z)
@@ -105,7 +112,9 @@ def causal_conv1d_shifted(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
     Args:
         x: [B, D, L] (any strides); weight: [D, K]; bias: [D] or None; activation: None or "silu".
     Returns:
-        [B, D, L], contiguous, in x's dtype (weight and bias are rounded to x's dtype, as in the ref).
+        [B, D, L] in x's dtype (weight and bias are rounded to x's dtype, as in the ref), laid out like x
+        when x's last dimension has unit stride (a channel-major input gives a channel-major output),
+        contiguous otherwise.
     """
     _check_activation(activation)
     return _ShiftedConv.apply(x, weight, bias, activation is not None)

@@ -385,6 +385,27 @@ def _unchunk(t: torch.Tensor, S: int) -> torch.Tensor:
     return t.movedim(0, 2).flatten(2, 3)[:, :, :S]
 
 
+def _unchunk_like(t: torch.Tensor, S: int, like: torch.Tensor) -> torch.Tensor:
+    """Chunk-major [NC, B, NH, L, DH] -> [B, NH, S, DH] laid out like ``like`` (a meta tensor with the
+    strides of the input this is the gradient of): one copy, and none later to bring a gradient back to a
+    caller's channel-major view."""
+    NC, B, NH, L, DH = t.shape
+    out = torch.empty_like(like, device=t.device, dtype=t.dtype)
+    full = min(NC, S // L)
+    if full:
+        out[:, :, :full * L].view(B, NH, full, L, DH).copy_(t[:full].permute(1, 2, 0, 3, 4))
+    if full < NC:
+        out[:, :, full * L:].copy_(t[full, :, :, :S - full * L])
+    return out
+
+
+def _unchunk_token_major(t: torch.Tensor, S: int) -> torch.Tensor:
+    """Chunk-major [NC, B, NH, L, DH] -> [B, NH, S, DH] stored token-major ([B, S, NH, DH] in memory: a
+    model's per-head output norm over [B, S, NH, DH] then reads it without another copy)."""
+    NC, B, NH, L, DH = t.shape
+    return t.permute(1, 0, 3, 2, 4).reshape(B, NC * L, NH, DH)[:, :S].transpose(1, 2)
+
+
 class _MLSTMChunkwise(torch.autograd.Function):
     """Chunkwise mLSTM. Inputs: q, ks (= k / sqrt(DH)), v [B, NH, S, DH]; i, f [B, NH, S]; the initial
     state C0, n0, m0 [B, NH, 1]; all in one float dtype. Outputs h [B, NH, S, DH] and the final C, n, m."""
@@ -396,7 +417,8 @@ class _MLSTMChunkwise(torch.autograd.Function):
         h, Cs, ns, ms, M, den, norm = _chunkwise_fwd(x, C0, n0, m0, eps)
         ctx.save_for_backward(x.q, x.ks, x.v, i_raw, f_raw, m0, Cs, ns, ms, h, M, den, norm)
         ctx.L, ctx.eps, ctx.S = L, eps, S
-        return _unchunk(h, S).contiguous(), Cs[-1].clone(), ns[-1].clone(), ms[-1, ..., None].clone()
+        ctx.layouts = tuple(torch.empty_like(t, device="meta") for t in (q, ks, v))
+        return _unchunk_token_major(h, S), Cs[-1].clone(), ns[-1].clone(), ms[-1, ..., None].clone()
 
     @staticmethod
     def backward(ctx, dh, dC_T, dn_T, dm_T):
@@ -407,7 +429,8 @@ class _MLSTMChunkwise(torch.autograd.Function):
         dq, dks, dv, di, dlf, dnorm, dC0, dn0, dm0 = _chunkwise_bwd(
             x, dh, dC_T, dn_T, h, Cs, ns, ms, M, den, norm)
         mu = x.lf_cum + M
-        dq, dks, dv, di, dlf, dnorm, mu = (_unchunk(t, S) for t in (dq, dks, dv, di, dlf, dnorm, mu))
+        dq, dks, dv = (_unchunk_like(t, S, like) for t, like in zip((dq, dks, dv), ctx.layouts))
+        di, dlf, dnorm, mu = (_unchunk(t, S) for t in (di, dlf, dnorm, mu))
         # The gradient through the stabilisers: dh/dmu_t = -h_t eps / norm_t, plus the returned m (whose
         # constant-stabiliser gradient missed -<dC_T, C_T> - <dn_T, n_T>), back through
         # m_t = max(lf_t + m_{t-1}, i_t).
@@ -428,7 +451,8 @@ def mlstm_chunkwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: to
         q, k, v: [B, NH, S, DH]; igate, fgate: [B, NH, S] pre-activations; chunk_size: tokens per chunk
             (any S: the last chunk may be partial); initial_state: (C, n, m) or None for the zero state.
     Returns:
-        h [B, NH, S, DH] in q's dtype, and with ``return_state`` the final (C, n, m) (float32; float64 for
+        h [B, NH, S, DH] in q's dtype (stored token-major: ``h.transpose(1, 2)`` is contiguous when
+        chunk_size divides S), and with ``return_state`` the final (C, n, m) (float32; float64 for
         float64 inputs), differentiable like the inputs.
     Memory kept for the backward: the inputs, the output, three numbers per token and the (C, n, m) at every
     chunk boundary (S / chunk_size states of DH x DH per head); the intra-chunk matrices are recomputed.
