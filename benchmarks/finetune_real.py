@@ -220,7 +220,7 @@ def model_run(train: Path, test: Path, max_len: int, a) -> dict:
         lr=a.lr,
         weight_decay=a.weight_decay,
         warmup_steps=0.05,
-        rc_average=a.rc_average,
+        rc_average="eval" if getattr(a, "rc_average_eval_only", False) else a.rc_average,
     )
     printer = _epoch_printer()
     monitor = "loss" if a.select == "last" else a.select  # with "last": kept for the comparison row
@@ -301,7 +301,10 @@ def main(argv=None) -> int:
     p.add_argument("--dropout", type=float, default=0.1, help="backbone embedding and residual dropout")
     p.add_argument("--rc-augment", type=float, default=0.5, help="probability of a reverse-complement swap")
     p.add_argument("--rc-average", action=argparse.BooleanOptionalAction, default=True,
-                   help="average logits over both strands")
+                   help="average logits over both strands (in training and evaluation)")
+    p.add_argument("--rc-average-eval-only", action="store_true",
+                   help="average over both strands in evaluation only (Caduceus' post-hoc conjoining: "
+                        "one strand per training step, half the cost)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2: all cores of this machine)")
     p.add_argument("--pretrain-minutes", type=float, default=9.0,
                    help="next-token pretraining on the train split's sequences first, at most this long "

@@ -94,7 +94,7 @@ class SequenceClassifier(L.LightningModule):
         head: str = "linear",
         head_hidden_size: int | None = None,
         dropout: float = 0.0,
-        rc_average: bool = False,
+        rc_average: bool | str = False,
         freeze_backbone: bool = False,
         lr: float = 6e-4,
         weight_decay: float = 0.1,

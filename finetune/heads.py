@@ -62,13 +62,18 @@ class SequenceModel(nn.Module):
 
     With ``rc_average=True`` (DNA only) the logits are the mean of the logits of each sequence and of its
     reverse complement, made with ``tokenizer.reverse_complement_padded`` so each row is flipped within
-    its own length (padding stays on the right).
+    its own length (padding stays on the right). ``rc_average="eval"`` averages only in eval mode
+    (validation, test, prediction): Caduceus' post-hoc conjoining, trained on one strand at a time
+    (with reverse-complement augmentation) at half the cost of a training step on both.
     """
 
-    def __init__(self, backbone: nn.Module, head: PredictionHead, rc_average: bool = False, tokenizer=None):
+    def __init__(self, backbone: nn.Module, head: PredictionHead, rc_average: bool | str = False,
+                 tokenizer=None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        if rc_average not in (False, True, "eval"):
+            raise ValueError(f"rc_average must be False, True or 'eval', got {rc_average!r}")
         self.rc_average = rc_average
         if rc_average and (tokenizer is None or not hasattr(tokenizer, "reverse_complement_padded")):
             raise ValueError("rc_average needs a DNA tokenizer with reverse_complement_padded")
@@ -80,7 +85,7 @@ class SequenceModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self._logits(input_ids, attention_mask)
-        if not self.rc_average:
+        if not self.rc_average or (self.rc_average == "eval" and self.training):
             return logits
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)

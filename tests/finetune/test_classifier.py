@@ -53,6 +53,30 @@ def test_rc_average_is_strand_invariant():
         assert not torch.allclose(model(batch["input_ids"], batch["attention_mask"]), a, atol=1e-4)
 
 
+def test_rc_average_eval_conjoins_only_outside_training():
+    """``rc_average="eval"`` (post-hoc conjoining): one strand in train mode, both strands averaged in
+    eval mode; anything else than False / True / "eval" is refused."""
+    from bioseq.models import build_backbone
+    from bioseq.tokenizers import get_tokenizer
+
+    tok = get_tokenizer("dna")
+    backbone = build_backbone(preset="hyenadna-tiny-1k", **TINY)
+    head = PredictionHead(16, 2, "mean", "mlp")
+    both = SequenceModel(backbone, head, rc_average=True, tokenizer=tok).eval()
+    single = SequenceModel(backbone, head, rc_average=False)
+    model = SequenceModel(backbone, head, rc_average="eval", tokenizer=tok)
+    batch = tok.batch_encode(["ACGTTGCAAC", "GGGATTACA", "TTAC"])
+    args = (batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        assert torch.equal(model.train()(*args), single.train()(*args))
+        assert torch.equal(model.eval()(*args), both(*args))
+        assert not torch.allclose(model.eval()(*args), single.eval()(*args), atol=1e-4)
+    with pytest.raises(ValueError, match="rc_average"):
+        SequenceModel(backbone, head, rc_average="train", tokenizer=tok)
+    clf = tiny(rc_average="eval")
+    assert clf.model.rc_average == "eval" and clf.model.tokenizer is not None
+
+
 def _loader(n: int, length: int, batch_size: int, seed: int = 0, motif: str | None = None, shuffle=False):
     from bioseq.tokenizers import get_tokenizer
 
