@@ -3,7 +3,7 @@
 Protocol (the real-data check of ``benchmarks/finetune_real.py``): the full Genomic Benchmarks test split
 of each dataset in ``../shared/data/genomic_benchmarks/sequences`` is split 80/20 (stratified, seed 0)
 into train/test; 10% of train (stratified, seed 0) is the validation set. A d64 n2 HyenaDNA (d_inner 128,
-dropout 0.1) is pretrained as a causal LM on the training split's sequences only (``pretrain_clm`` of that
+dropout 0.1) is pretrained as a causal LM on the training split's sequences only (``pretrain_lm`` of that
 script: 40 M predicted tokens or 9 minutes, lr 3e-3, batch 32, reverse-complement augmentation; the
 validation and test sequences are never seen), then saved and evaluated frozen through the commands:
 
@@ -64,10 +64,26 @@ def pretrained_backbone(name: str, train: Path, test: Path, l_max: int, a, ckpt:
     dm.setup("fit")
     backbone = build_backbone("hyena", "hyenadna-tiny-1k", d_model=64, n_layer=2, d_inner=128, l_max=l_max,
                               embed_dropout=0.1, resid_dropout=0.1)
-    info = finetune_real.pretrain_clm(backbone, dm, a)
+    info = finetune_real.pretrain_lm(backbone, dm, a)
     print(f"{name}: pretraining {info}", flush=True)
     backbone.eval().save_pretrained(ckpt, tokenizer=dm.tokenizer)
+    (ckpt / "pretrain.json").write_text(json.dumps({"l_max": l_max, **info}))
     return info
+
+
+def reused_backbone(name: str, l_max: int, a) -> tuple[Path, dict]:
+    """``--pretrained DIR``: the backbone an earlier run saved in ``DIR/<name>/backbone`` and its pretraining
+    summary; refused when it was built for a shorter ``l_max`` than this run's prompts and shots need."""
+    ckpt = Path(a.pretrained) / name / "backbone"
+    summary = ckpt / "pretrain.json"
+    if not summary.is_file():
+        raise SystemExit(f"icl_real.py: --pretrained {a.pretrained}: no {summary} "
+                         "(run once without --pretrained first)")
+    info = json.loads(summary.read_text())
+    if info["l_max"] < l_max:
+        raise SystemExit(f"icl_real.py: {ckpt} was pretrained with l_max {info['l_max']}, "
+                         f"this run needs {l_max}")
+    return ckpt, {k: v for k, v in info.items() if k != "l_max"}
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -81,9 +97,12 @@ def run_dataset(name: str, a, work: Path) -> dict:
 
     train, test, max_len = finetune_real.split_files(name, work, seq_dir=Path(a.data_dir))
     l_max = max(max_len + max(a.prompt_tokens), length_budget(max_len, max(a.shots), 2)) + 2
-    ckpt = work / name / "backbone"
     t0 = time.time()
-    pretrain = pretrained_backbone(name, train, test, l_max, a, ckpt)
+    if a.pretrained:
+        ckpt, pretrain = reused_backbone(name, l_max, a)
+    else:
+        ckpt = work / name / "backbone"
+        pretrain = pretrained_backbone(name, train, test, l_max, a, ckpt)
     quiet = [] if sys.stderr.isatty() else ["--no-progress"]
     common = ["--train", str(train), "--test", str(test), "--backbone", str(ckpt), "--name", name,
               "--threads", str(a.threads), "--seed", "0"] + quiet
@@ -91,6 +110,8 @@ def run_dataset(name: str, a, work: Path) -> dict:
         common += ["--max-train", str(a.max_train)]
     if a.max_test:
         common += ["--max-test", str(a.max_test)]
+    if a.label_tokens:
+        common += ["--label-tokens", a.label_tokens]
     t1 = time.time()
     sp_args = ["soft-prompt", *common, "--prompt-tokens", *map(str, a.prompt_tokens), "--epochs",
                str(a.epochs), "--patience", str(a.patience), "--batch-size", str(a.batch_size),
@@ -143,6 +164,10 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-minutes", type=float, default=9.0)
     p.add_argument("--pretrain-tokens", type=float, default=40e6)
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
+    p.add_argument("--label-tokens", help="one token per class for both sweeps (default: the HyenaDNA "
+                   "protocol's A,N)")
+    p.add_argument("--pretrained", help="reuse the backbones a previous run pretrained (its --out folder) "
+                   "instead of pretraining again")
     p.add_argument("--data-dir", default=str(finetune_real.SEQ_DIR))
     p.add_argument("--out", default="/tmp/bioseq_icl_real")
     a = p.parse_args(argv)

@@ -58,3 +58,39 @@ def test_dhfr_perplexity_falls_with_homologs_in_context(tmp_path):
     for suffix in ("csv", "md", "png"):
         assert (tmp_path / "homology" / f"results.{suffix}").stat().st_size > 0
     assert res["curve"]["16"] < res["curve"]["0"], res["curve"]
+
+
+def test_script_runs_end_to_end_on_a_tiny_synthetic_dataset(tmp_path):
+    """The whole script (split, pretraining through ``finetune_real.pretrain_lm``, both sweeps, JSON and
+    table) on a synthetic two-class table, in seconds: the fast suite's guard that the script still runs."""
+    import gzip
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    table = tmp_path / "data" / "toy" / "test.tsv.gz"
+    table.parent.mkdir(parents=True)
+    with gzip.open(table, "wt") as fh:
+        fh.write("seq\tlabel\n")
+        for i in range(60):
+            fh.write("".join(rng.choice(list("ACGT" if i % 2 else "AAGT"), 30 + i % 7)) + f"\t{i % 2}\n")
+    out = tmp_path / "out"
+    argv = ["--datasets", "toy", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--threads", "1",
+            "--pretrain-minutes", "1", "--pretrain-tokens", "3000", "--prompt-tokens", "0", "2",
+            "--shots", "0", "1", "--epochs", "1", "--patience", "1", "--batch-size", "8"]
+    assert _script().main(argv) == 0
+    res = json.loads((out / "icl_real.json").read_text())["results"]["toy"]
+    assert res["pretrain"]["objective"] == "clm" and res["pretrain"]["stopped_by"] == "tokens"
+    assert sorted(int(k) for k in res["soft_prompt"]) == [0, 2]
+    assert sorted(int(k) for k in res["kshot"]) == [0, 1]
+    for sweep in ("soft_prompt", "kshot"):
+        assert (out / "toy" / sweep / "results.csv").stat().st_size > 0
+    assert isinstance(res["soft_prompt_beats_k0"], bool)
+    # --pretrained reuses that backbone (no second pretraining); --label-tokens reaches both commands
+    again = ["--label-tokens", "C,G", "--pretrained", str(out), "--out", str(tmp_path / "again")]
+    assert _script().main([*argv[:argv.index("--out")], *argv[argv.index("--out") + 2:], *again]) == 0
+    res2 = json.loads((tmp_path / "again" / "icl_real.json").read_text())["results"]["toy"]
+    assert res2["pretrain"] == res["pretrain"]
+    assert not (tmp_path / "again" / "toy" / "backbone").exists()
+    for sweep in ("soft_prompt", "kshot"):
+        assert "C,G" in (tmp_path / "again" / "toy" / sweep / "results.csv").read_text()
