@@ -386,9 +386,9 @@ def _unchunk(t: torch.Tensor, S: int) -> torch.Tensor:
 
 
 def _unchunk_like(t: torch.Tensor, S: int, like: torch.Tensor) -> torch.Tensor:
-    """Chunk-major [NC, B, NH, L, DH] -> [B, NH, S, DH] laid out like ``like`` (a meta tensor with the
-    strides of the input this is the gradient of): one copy, and none later to bring a gradient back to a
-    caller's channel-major view."""
+    """Chunk-major [NC, B, NH, L, DH] -> [B, NH, S, DH] laid out like ``like`` (a meta tensor): one copy,
+    straight into the layout its reader wants (a gradient in its input's layout, so none is needed later to
+    bring it back to a caller's channel-major view; h token-major for the per-head output norm)."""
     NC, B, NH, L, DH = t.shape
     out = torch.empty_like(like, device=t.device, dtype=t.dtype)
     full = min(NC, S // L)
@@ -397,13 +397,6 @@ def _unchunk_like(t: torch.Tensor, S: int, like: torch.Tensor) -> torch.Tensor:
     if full < NC:
         out[:, :, full * L:].copy_(t[full, :, :, :S - full * L])
     return out
-
-
-def _unchunk_token_major(t: torch.Tensor, S: int) -> torch.Tensor:
-    """Chunk-major [NC, B, NH, L, DH] -> [B, NH, S, DH] stored token-major ([B, S, NH, DH] in memory: a
-    model's per-head output norm over [B, S, NH, DH] then reads it without another copy)."""
-    NC, B, NH, L, DH = t.shape
-    return t.permute(1, 0, 3, 2, 4).reshape(B, NC * L, NH, DH)[:, :S].transpose(1, 2)
 
 
 class _MLSTMChunkwise(torch.autograd.Function):
@@ -418,7 +411,9 @@ class _MLSTMChunkwise(torch.autograd.Function):
         ctx.save_for_backward(x.q, x.ks, x.v, i_raw, f_raw, m0, Cs, ns, ms, h, M, den, norm)
         ctx.L, ctx.eps, ctx.S = L, eps, S
         ctx.layouts = tuple(torch.empty_like(t, device="meta") for t in (q, ks, v))
-        return _unchunk_token_major(h, S), Cs[-1].clone(), ns[-1].clone(), ms[-1, ..., None].clone()
+        B, NH, _, DH = q.shape
+        token_major = torch.empty(B, S, NH, DH, device="meta").transpose(1, 2)
+        return _unchunk_like(h, S, token_major), Cs[-1].clone(), ns[-1].clone(), ms[-1, ..., None].clone()
 
     @staticmethod
     def backward(ctx, dh, dC_T, dn_T, dm_T):
@@ -451,9 +446,9 @@ def mlstm_chunkwise(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, igate: to
         q, k, v: [B, NH, S, DH]; igate, fgate: [B, NH, S] pre-activations; chunk_size: tokens per chunk
             (any S: the last chunk may be partial); initial_state: (C, n, m) or None for the zero state.
     Returns:
-        h [B, NH, S, DH] in q's dtype (stored token-major: ``h.transpose(1, 2)`` is contiguous when
-        chunk_size divides S), and with ``return_state`` the final (C, n, m) (float32; float64 for
-        float64 inputs), differentiable like the inputs.
+        h [B, NH, S, DH] in q's dtype (stored token-major: ``h.transpose(1, 2)`` is contiguous), and with
+        ``return_state`` the final (C, n, m) (float32; float64 for float64 inputs), differentiable like the
+        inputs.
     Memory kept for the backward: the inputs, the output, three numbers per token and the (C, n, m) at every
     chunk boundary (S / chunk_size states of DH x DH per head); the intra-chunk matrices are recomputed.
     """
