@@ -18,6 +18,10 @@ package (2.0.6, ``xLSTMLMModel``) runs its default parallel backend, whose [S, S
 matrices make time and memory quadratic in S; it is skipped where its estimated memory would exceed
 ``--reference-max-gb`` (default 16), and when ``--reference-python`` cannot import ``xlstm``.
 
+Host memory: every child first calls ``bioseq.host_memory.keep_freed_memory()``, as the ``bioseq``
+console script does (glibc reuses freed large blocks instead of mapping and faulting them in again each
+pass; at S = 16384 that was a third of the step). ``--malloc default`` keeps glibc's defaults.
+
 Step: ms per token of ``step`` with B = 2 for the same width: the ``slstm_step`` op alone (4 heads of
 32), a model of 4 sLSTM blocks and a model of 4 mLSTM blocks (bioseq), and ``xLSTMLMModel.step`` of the
 package with 4 sLSTM blocks (vanilla backend) where installed.
@@ -28,6 +32,7 @@ Goal (issue 14): bioseq at S = 4096 takes <= 1.5 s and <= 2 GB, and grows linear
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -45,6 +50,16 @@ def peak_rss_mb() -> float:
 
 
 # -------------------------------------------------------------------------------------------------- children
+
+
+def apply_malloc(mode: str) -> None:
+    """``keep``: bioseq's host-memory setting, loaded from its file so the reference interpreter (which
+    has no bioseq) gets the same allocator behaviour."""
+    if mode == "keep":
+        spec = importlib.util.spec_from_file_location("_host_memory", REPO / "bioseq" / "host_memory.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.keep_freed_memory()
 
 
 def _best_of(fn, repeats: int) -> tuple[float, float, float]:
@@ -234,10 +249,13 @@ def main() -> None:
                     help="an interpreter with the xlstm package installed (skipped when it has none)")
     ap.add_argument("--reference-max-gb", type=float, default=16.0)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per point (the fastest is reported)")
+    ap.add_argument("--malloc", choices=["keep", "default"], default="keep",
+                    help="keep: reuse freed large blocks as the bioseq CLI does; default: glibc's defaults")
     ap.add_argument("--child", choices=[*CHILDREN, "steps-bioseq", "steps-reference"], help=argparse.SUPPRESS)
     ap.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
+        apply_malloc(args.malloc)
         if args.child == "steps-bioseq":
             print(json.dumps(child_steps_bioseq()))
         elif args.child == "steps-reference":
@@ -248,6 +266,8 @@ def main() -> None:
 
     ref = reference_available(args.reference_python)
     print(f"xLSTM, d_model {D_MODEL}, {N_LAYER} mLSTM blocks, B={BATCH}, fp32, 1 thread; forward + backward")
+    kept = "freed blocks kept (as the bioseq CLI)"
+    print(f"host memory: {kept if args.malloc == 'keep' else 'glibc defaults'}")
     print(f"reference: {'xlstm package at ' + args.reference_python if ref else 'not installed (skipped)'}")
     print(f"{'S':>6}  {'bioseq s':>9}  {'CPU s':>9}  {'of it sys':>9}  {'peak MB':>9}  {'xlstm s':>9}  "
           f"{'CPU s':>9}  "
@@ -255,11 +275,11 @@ def main() -> None:
     rows = {}
     for S in args.lengths:
         ours = run_child(sys.executable, "--child", "bioseq", "--length", str(S),
-                         "--repeats", str(args.repeats))
+                         "--repeats", str(args.repeats), "--malloc", args.malloc)
         theirs: dict | str = "skipped"
         if ref and reference_gb(S) <= args.reference_max_gb:
             theirs = run_child(args.reference_python, "--child", "reference", "--length", str(S),
-                               "--repeats", "1")
+                               "--repeats", "1", "--malloc", args.malloc)
         elif ref:
             theirs = f"skipped (~{reference_gb(S):.0f} GB)"
         rows[S] = (ours, theirs)

@@ -3,7 +3,9 @@
 Each subcommand lives in ``bioseq/commands/<name>.py`` as ``main(argv) -> int`` with a one-line
 ``HELP``. This module only dispatches, so ``bioseq --help`` stays fast (nothing heavy is imported
 until a subcommand runs). Errors derived from :class:`bioseq.errors.BioseqError` print as one line
-on stderr with exit status 2; ``BIOSEQ_DEBUG=1`` re-raises them with the traceback.
+on stderr with exit status 2; ``BIOSEQ_DEBUG=1`` re-raises them with the traceback. Before a subcommand
+runs, :func:`bioseq.host_memory.keep_freed_memory` makes glibc reuse freed large blocks (off with
+``BIOSEQ_KEEP_FREED_MEMORY=0``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import warnings
 
 import bioseq
 from bioseq.errors import BioseqError
+from bioseq.host_memory import keep_freed_memory
 
 # name -> (module, one-line description). Descriptions are here so --help imports nothing heavy.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"bioseq: unknown command '{name}' (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
+    keep_freed_memory()  # reuse freed activations instead of re-mapping them each step (glibc)
     formatwarning, warnings.formatwarning = warnings.formatwarning, _one_line_warning
     module = importlib.import_module(COMMANDS[name][0])
     try:

@@ -294,6 +294,20 @@ class HeadwiseLinear(nn.Module):
         return y if self.bias is None else y + self.bias[:, None]
 
 
+class _TransposeCopy(torch.autograd.Function):
+    """``x [R, C] -> x^T`` as a contiguous ``[C, R]`` tensor; the backward is the same copy of the gradient.
+    Both are one blocked 2-D transpose (PyTorch's fast path for it), where an elementwise op or a gradient
+    sum across a channel-major and a token-major tensor would read one of them with a large stride."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.t().contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.t().contiguous()
+
+
 def head_norm(h: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Per-head LayerNorm without bias: ``h [..., NH, DH]`` normalised over DH, times ``weight [NH * DH]``;
     returns ``[..., NH * DH]``."""
@@ -438,7 +452,9 @@ class MLSTMLayer(nn.Module):
 
     def _output(self, h, xc, z):
         """h [B, NH, L, DH], xc [B, E, L], z [B, L, E] -> y [B, L, D]."""
-        h = head_norm(h.transpose(1, 2), self.outnorm_weight, self.norm_eps) + self.skip * xc.transpose(1, 2)
+        B, E, L = xc.shape
+        xc_t = _TransposeCopy.apply(xc.transpose(0, 1).reshape(E, B * L)).view(B, L, E)  # token-major
+        h = head_norm(h.transpose(1, 2), self.outnorm_weight, self.norm_eps) + self.skip * xc_t
         return self.dropout(self.proj_down(h * F.silu(z)))
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, state: dict | None = None,

@@ -267,13 +267,15 @@ def _decay_matrix(u, M):
 class _Chunked:
     """The inputs cut into chunks, chunk-major so that a group of chunks is one contiguous block:
     q, ks, v [NC, B, NH, L, DH]; per token i, lf_cum, g [NC, B, NH, L]; per chunk g_max, lf_tot [NC, B, NH]
-    (see ``_chunk_gates``)."""
+    (see ``_chunk_gates``). q, ks, v are stored [NC, B, NH, DH, L] (and held as transposed views) when the
+    caller's tensors run along S in memory (``positions_adjacent``: the xLSTM layer's channel-major views),
+    so that cutting them into chunks, and writing their gradients back, copies runs of adjacent elements."""
 
     def __init__(self, q, ks, v, i_raw, f_raw, L: int, chunk_major: bool = False):
         if chunk_major:                                          # q, ks, v already [NC, B, NH, L, DH]
             self.q, self.ks, self.v = q, ks, v
         else:
-            self.q, self.ks, self.v = (to_chunk_major(_chunks(t, L, 0.0)) for t in (q, ks, v))
+            self.q, self.ks, self.v = (to_chunks(t, L) for t in (q, ks, v))
         i, lf_cum, g, g_max = (to_chunk_major(t) for t in _chunk_gates(i_raw, f_raw, L))
         self.i, self.lf_cum, self.g, self.g_max = i, lf_cum, g, g_max
         self.lf_tot = lf_cum[..., -1]
@@ -287,6 +289,49 @@ class _Chunked:
 def to_chunk_major(t: torch.Tensor) -> torch.Tensor:
     """[B, NH, NC, ...] -> contiguous [NC, B, NH, ...]."""
     return t.movedim(2, 0).contiguous()
+
+
+def positions_adjacent(t: torch.Tensor) -> bool:
+    """True when consecutive positions of ``t [B, NH, S, DH]`` are adjacent in memory (stride 1 along S)."""
+    return t.shape[2] > 1 and t.stride(2) == 1
+
+
+def to_chunks(t: torch.Tensor, L: int) -> torch.Tensor:
+    """[B, NH, S, DH] -> chunk-major [NC, B, NH, L, DH], zero-padded to NC * L positions, in one copy.
+    Stored [NC, B, NH, DH, L] (returned as its transposed view) when ``positions_adjacent(t)``, else
+    contiguous: either way the copy writes a contiguous tensor in runs that are adjacent in ``t`` too."""
+    B, NH, S, DH = t.shape
+    NC, full = -(-S // L), S // L
+    transposed = positions_adjacent(t)
+    if transposed:                                       # work on the [.., DH, S] view and storage
+        t = t.transpose(-1, -2)
+        store = t.new_empty(NC, B, NH, DH, L)
+    else:
+        store = t.new_empty(NC, B, NH, L, DH)
+    seq = 3 if transposed else 2                         # the position axis of t and of store[c]
+    if full:
+        store[:full].copy_(t.narrow(seq, 0, full * L).unflatten(seq, (full, L)).movedim(seq, 0))
+    if full < NC:
+        rest = S - full * L
+        store[full].narrow(seq, 0, rest).copy_(t.narrow(seq, full * L, rest))
+        store[full].narrow(seq, rest, L - rest).zero_()
+    return store.transpose(-1, -2) if transposed else store
+
+
+def _empty_chunks_like(t: torch.Tensor) -> torch.Tensor:
+    """An uninitialised [NC, B, NH, L, DH] tensor stored like ``t`` (contiguous or as a transposed view)."""
+    if t.is_contiguous():
+        return torch.empty_like(t)
+    return torch.empty_like(t.transpose(-1, -2)).transpose(-1, -2)
+
+
+def _matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = a @ b`` written into ``out`` whether it is contiguous or a transposed view of a contiguous
+    tensor (then as ``out^T = b^T a^T``), without a temporary."""
+    if out.is_contiguous():
+        return torch.matmul(a, b, out=out)
+    torch.matmul(b.transpose(-1, -2), a.transpose(-1, -2), out=out.transpose(-1, -2))
+    return out
 
 
 def _chunkwise_fwd(x: _Chunked, C0, n0, m0, eps: float):
@@ -303,7 +348,7 @@ def _chunkwise_fwd(x: _Chunked, C0, n0, m0, eps: float):
     decay = torch.exp(x.lf_tot + ms[:-1] - ms[1:])                            # [NC, B, NH]
     Cs, ns = x.q.new_empty(NC + 1, B, NH, DH, DH), x.q.new_empty(NC + 1, B, NH, DH)
     Cs[0], ns[0] = C0, n0
-    h = torch.empty_like(x.q)
+    h = x.q.new_empty(x.q.shape)                                              # contiguous
     M, den, norm = (torch.empty_like(x.i) for _ in range(3))
     for sl in x.groups():
         q, ks, v, i, lf_cum = x.q[sl], x.ks[sl], x.v[sl], x.i[sl], x.lf_cum[sl]
@@ -320,7 +365,7 @@ def _chunkwise_fwd(x: _Chunked, C0, n0, m0, eps: float):
         w = torch.exp(m[..., None] - M_g)[..., None]
         a = (q @ ks.transpose(-1, -2)).mul_(_decay_matrix(u, M_g))
         num = (a @ v).add_(w * (q @ C))
-        den_g = torch.add(a.sum(-1), w[..., 0] * (q * n[..., None, :]).sum(-1), out=den[sl])
+        den_g = torch.add(a.sum(-1), w[..., 0] * (q @ n[..., None])[..., 0], out=den[sl])
         norm_g = torch.maximum(den_g.abs(), torch.exp(-(lf_cum + M_g)), out=norm[sl]).add_(eps)
         torch.div(num, norm_g[..., None], out=h[sl])
     return h, Cs, ns, ms, M, den, norm
@@ -332,7 +377,7 @@ def _chunkwise_bwd(x: _Chunked, dh, dC_T, dn_T, h, Cs, ns, ms, M, den, norm):
 
     Returns dq, dks, dv [NC, B, NH, L, DH], di, dlf, dnorm [NC, B, NH, L], dC0, dn0, dm0 [B, NH]."""
     decay = torch.exp(x.lf_tot + ms[:-1] - ms[1:])
-    dq, dks, dv = (torch.empty_like(x.q) for _ in range(3))
+    dq, dks, dv = (_empty_chunks_like(x.q) for _ in range(3))              # stored like the inputs
     di, dlf_cum, dnorm = (torch.empty_like(x.i) for _ in range(3))
     gC, gn = dC_T, dn_T                                       # gradient w.r.t. a chunk's end state
     for sl in reversed(x.groups()):
@@ -349,10 +394,10 @@ def _chunkwise_bwd(x: _Chunked, dh, dC_T, dn_T, h, Cs, ns, ms, M, den, norm):
         den_g = den[sl]
         dden = torch.where(den_g.abs() >= torch.exp(-(lf_cum + M_g)), dnorm_g * torch.sign(den_g), 0.0)
         dqk = (dnum @ v.transpose(-1, -2)).add_(dden[..., None]).mul_(d)
-        dv_g = torch.matmul(a.transpose(-1, -2), dnum, out=dv[sl])
-        dq_g = torch.matmul(dqk, ks, out=dq[sl])
+        dv_g = _matmul_into(a.transpose(-1, -2), dnum, dv[sl])
+        dq_g = _matmul_into(dqk, ks, dq[sl])
         dq_g.add_(w * (dnum @ C.transpose(-1, -2) + dden[..., None] * n[..., None, :]))
-        dks_g = torch.matmul(dqk.transpose(-1, -2), q, out=dks[sl])
+        dks_g = _matmul_into(dqk.transpose(-1, -2), q, dks[sl])
         dC_out = (q * w).transpose(-1, -2) @ dnum                              # [G, B, NH, DH, DH]
         dn_out = (q * (w[..., 0] * dden)[..., None]).sum(-2)
         # chunk-end states C_{c+1} = decay_c C_c + sum_s b_s ks_s v_s^T (n likewise with ks_s)
@@ -420,7 +465,7 @@ class _MLSTMChunkwise(torch.autograd.Function):
         q, ks, v, i_raw, f_raw, m0, Cs, ns, ms, h, M, den, norm = ctx.saved_tensors
         S = ctx.S
         x = _Chunked(q, ks, v, i_raw, f_raw, ctx.L, chunk_major=True)
-        dh = to_chunk_major(_chunks(dh, ctx.L, 0.0))
+        dh = to_chunks(dh, ctx.L)
         dq, dks, dv, di, dlf, dnorm, dC0, dn0, dm0 = _chunkwise_bwd(
             x, dh, dC_T, dn_T, h, Cs, ns, ms, M, den, norm)
         mu = x.lf_cum + M
