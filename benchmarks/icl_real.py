@@ -8,8 +8,13 @@ script: 40 M predicted tokens or 9 minutes, lr 3e-3, batch 32, reverse-complemen
 validation and test sequences are never seen), then saved and evaluated frozen through the commands:
 
 * ``bioseq soft-prompt`` -- K = 0, 2, 32, 128 prompt tokens (AdamW lr 1e-3, no weight decay, plateau
-  schedule, early stopping on the validation loss, at most ``--epochs``); label tokens ``A``/``N``;
+  schedule, early stopping on the validation loss, at most ``--epochs``); label tokens ``A``/``G``;
 * ``bioseq icl kshot`` -- k = 0, 1, 2, 4 demonstrations per class from the training split.
+
+Label tokens: ``A``/``G``, not the HyenaDNA protocol's ``A``/``N`` (the commands' default). These models
+are pretrained on Genomic Benchmarks sequences, which hold no ``N``: the LM head puts ``N`` about 11 nats
+below the nucleotides, no prompt flips it, and every sequence is answered ``A`` (RESULTS.md, seventh
+session); ``bioseq soft-prompt`` warns about such label tokens. ``--label-tokens A,N`` reproduces that.
 
 The only change to the pretrained model against ``finetune_real.py`` is ``l_max``: it is raised so the
 longest prompt / k-shot layout fits (HyenaDNA's positional features are built from ``l_max``, so it has
@@ -164,8 +169,9 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain-minutes", type=float, default=9.0)
     p.add_argument("--pretrain-tokens", type=float, default=40e6)
     p.add_argument("--pretrain-lr", type=float, default=3e-3)
-    p.add_argument("--label-tokens", help="one token per class for both sweeps (default: the HyenaDNA "
-                   "protocol's A,N)")
+    p.add_argument("--label-tokens", default="A,G",
+                   help="one token per class for both sweeps (default A,G: a model pretrained without N "
+                        "never answers the HyenaDNA protocol's A,N)")
     p.add_argument("--pretrained", help="reuse the backbones a previous run pretrained (its --out folder) "
                    "instead of pretraining again")
     p.add_argument("--data-dir", default=str(finetune_real.SEQ_DIR))

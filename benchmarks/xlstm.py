@@ -20,7 +20,8 @@ matrices make time and memory quadratic in S; it is skipped where its estimated 
 
 Host memory: every child first calls ``bioseq.host_memory.keep_freed_memory()``, as the ``bioseq``
 console script does (glibc reuses freed large blocks instead of mapping and faulting them in again each
-pass; at S = 16384 that was a third of the step). ``--malloc default`` keeps glibc's defaults.
+pass; at S = 16384 that was a third of the step), the ``--malloc steady`` of ``benchmarks/hyena.py``.
+``--malloc default`` keeps glibc's defaults.
 
 Step: ms per token of ``step`` with B = 2 for the same width: the ``slstm_step`` op alone (4 heads of
 32), a model of 4 sLSTM blocks and a model of 4 mLSTM blocks (bioseq), and ``xLSTMLMModel.step`` of the
@@ -53,9 +54,9 @@ def peak_rss_mb() -> float:
 
 
 def apply_malloc(mode: str) -> None:
-    """``keep``: bioseq's host-memory setting, loaded from its file so the reference interpreter (which
+    """``steady``: bioseq's host-memory setting, loaded from its file so the reference interpreter (which
     has no bioseq) gets the same allocator behaviour."""
-    if mode == "keep":
+    if mode == "steady":
         spec = importlib.util.spec_from_file_location("_host_memory", REPO / "bioseq" / "host_memory.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -249,8 +250,8 @@ def main() -> None:
                     help="an interpreter with the xlstm package installed (skipped when it has none)")
     ap.add_argument("--reference-max-gb", type=float, default=16.0)
     ap.add_argument("--repeats", type=int, default=3, help="timed passes per point (the fastest is reported)")
-    ap.add_argument("--malloc", choices=["keep", "default"], default="keep",
-                    help="keep: reuse freed large blocks as the bioseq CLI does; default: glibc's defaults")
+    ap.add_argument("--malloc", choices=["steady", "default"], default="steady",
+                    help="steady: reuse freed large blocks as the bioseq CLI does; default: glibc's defaults")
     ap.add_argument("--child", choices=[*CHILDREN, "steps-bioseq", "steps-reference"], help=argparse.SUPPRESS)
     ap.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -267,7 +268,7 @@ def main() -> None:
     ref = reference_available(args.reference_python)
     print(f"xLSTM, d_model {D_MODEL}, {N_LAYER} mLSTM blocks, B={BATCH}, fp32, 1 thread; forward + backward")
     kept = "freed blocks kept (as the bioseq CLI)"
-    print(f"host memory: {kept if args.malloc == 'keep' else 'glibc defaults'}")
+    print(f"host memory: {kept if args.malloc == 'steady' else 'glibc defaults'}")
     print(f"reference: {'xlstm package at ' + args.reference_python if ref else 'not installed (skipped)'}")
     print(f"{'S':>6}  {'bioseq s':>9}  {'CPU s':>9}  {'of it sys':>9}  {'peak MB':>9}  {'xlstm s':>9}  "
           f"{'CPU s':>9}  "

@@ -9,6 +9,8 @@ one position, restricted to one vocabulary token per class, and the class whose 
   need the tokens named explicitly.
 * :func:`label_token_ids` -- token strings -> vocabulary ids, checked (known, distinct, not special).
 * :func:`restrict_logits` / :func:`predict` -- ``logits [..., V] -> [..., C]`` and its argmax.
+* :func:`unreachable_labels` -- label tokens the frozen model (almost) never emits: a warning, since no
+  prompt or demonstration will make it answer them.
 * :func:`check_fits` -- the one length check (the backbone's ``max_length`` counts every token the model
   sees, soft-prompt tokens and demonstrations included).
 """
@@ -81,3 +83,25 @@ def check_fits(total: int, max_length: int | None, what: str) -> None:
     if max_length is not None and total > max_length:
         raise BioseqError(f"{what} = {total} tokens, more than the backbone's max_length {max_length} "
                           "(prompt and context tokens count toward the maximum length)")
+
+
+# A label token this many nats less likely than the most likely label token, on average at the answer
+# position, is out of reach: a soft prompt moved a tiny HyenaDNA's label log-odds by about 2 nats
+# (benchmarks/RESULTS.md), and N (never in its pretraining data) sat 11 nats below A.
+UNREACHABLE_NATS = 8.0
+
+
+def unreachable_labels(tokens: Sequence[str], mean_logprobs: Sequence[float],
+                       margin: float = UNREACHABLE_NATS) -> str | None:
+    """A one-line warning when some label token's mean log-probability (``mean_logprobs [C]``, natural
+    log, at the answer position of the frozen model) is more than ``margin`` nats below the best label
+    token's; None when all are within reach."""
+    best = max(range(len(tokens)), key=lambda c: mean_logprobs[c])
+    far = [c for c in range(len(tokens)) if mean_logprobs[best] - mean_logprobs[c] > margin]
+    if not far:
+        return None
+    names = ", ".join(f"{tokens[c]!r} ({mean_logprobs[c]:.1f})" for c in far)
+    return (f"label token(s) {names} are more than {margin:g} nats less likely than {tokens[best]!r} "
+            f"({mean_logprobs[best]:.1f}) at the answer position (mean log-probability): the model "
+            f"hardly ever emits them (a token absent from its pretraining data?), and a prompt is unlikely "
+            f"to make it answer them; name tokens it emits with --label-tokens (e.g. A,G for DNA)")

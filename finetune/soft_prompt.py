@@ -122,13 +122,17 @@ class SoftPromptModel(nn.Module):
                           attention_mask.bool()], 1)
         return embeds, mask, answer
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The LM head's logits over the whole vocabulary at the answer position: ``[B, V]``."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
         embeds, mask, answer = self.inputs(input_ids, attention_mask)
         hidden = self.backbone(inputs_embeds=embeds, attention_mask=mask)
-        h = hidden[torch.arange(hidden.shape[0], device=hidden.device), answer]
-        return restrict_logits(self.backbone.lm_logits(h), self.label_ids).float()
+        return self.backbone.lm_logits(hidden[torch.arange(hidden.shape[0], device=hidden.device), answer])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits ``[B, C]``: the answer-position logits of the label tokens (float32)."""
+        return restrict_logits(self.answer_logits(input_ids, attention_mask), self.label_ids).float()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -188,6 +192,25 @@ def class_scores(model: nn.Module, tokenizer, seqs: Sequence[str], batch_size: i
             progress.update(sl.stop - sl.start)
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, len(model.label_ids)), dtype=np.float32)
+
+
+@torch.no_grad()
+def label_token_logprobs(backbone: nn.Module, tokenizer, label_ids: Sequence[int], seqs: Sequence[str],
+                         batch_size: int = 64) -> np.ndarray:
+    """Mean log-probability (natural log, softmax over the whole vocabulary) of each label token at the
+    answer position of the frozen backbone without a prompt, over ``seqs``: ``[C]``. A label token far
+    below the others is one the model does not emit (e.g. ``N`` after pretraining on sequences without
+    N), and a prompt cannot teach the frozen LM head to answer it (``label_tokens.unreachable_labels``)."""
+    model = SoftPromptModel(backbone, label_ids, 0, mask_id=getattr(tokenizer, "mask_id", 3))
+    model.eval()
+    device = model.prompt.device
+    total, n = torch.zeros(len(label_ids), dtype=torch.float64), 0
+    for sl in _batches(len(seqs), batch_size):
+        ids, mask = _encode(tokenizer, seqs[sl], device)
+        logp = torch.log_softmax(model.answer_logits(ids, mask).double(), -1)
+        total += restrict_logits(logp, model.label_ids).sum(0).cpu()
+        n += sl.stop - sl.start
+    return (total / max(n, 1)).numpy()
 
 
 def score(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[str, float]:

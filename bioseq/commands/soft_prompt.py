@@ -103,8 +103,14 @@ def main(argv: list[str]) -> int:
     import torch
 
     from bioseq.errors import BioseqError
-    from bioseq.finetune.label_tokens import label_token_ids, parse_label_tokens
-    from bioseq.finetune.soft_prompt import SoftPromptConfig, class_scores, score, train_soft_prompt
+    from bioseq.finetune.label_tokens import label_token_ids, parse_label_tokens, unreachable_labels
+    from bioseq.finetune.soft_prompt import (
+        SoftPromptConfig,
+        class_scores,
+        label_token_logprobs,
+        score,
+        train_soft_prompt,
+    )
     from bioseq.finetune.sweep_report import write_sweep
     from bioseq.models import load_tokenizer_for, resolve_backbone
 
@@ -122,6 +128,12 @@ def main(argv: list[str]) -> int:
             tok.encode(seq, path=data.source, record=rid)
     tokens = parse_label_tokens(a.label_tokens, num_classes, backbone.alphabet)
     label_ids = label_token_ids(tok, tokens)
+    reach = label_token_logprobs(backbone, tok, label_ids, val.sequences[:256])
+    problem = unreachable_labels(tokens, [float(x) for x in reach])
+    if problem:
+        from bioseq.commands.common import warn
+
+        warn("soft-prompt", problem)
     name = a.name or Path(a.train).resolve().parent.name
     label = backbone_label(a.backbone, backbone)
     rows = []

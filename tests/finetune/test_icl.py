@@ -301,6 +301,22 @@ def test_cli_soft_prompt_end_to_end(tmp_path, tiny_ckpt, capsys):
                    "length)")
 
 
+def test_cli_soft_prompt_warns_about_label_tokens_the_model_does_not_emit(tmp_path, tiny_ckpt, capsys,
+                                                                         monkeypatch):
+    from bioseq.finetune import soft_prompt
+
+    train, test = write_task(tmp_path)
+    monkeypatch.setattr(soft_prompt, "label_token_logprobs", lambda *a, **k: np.array([-1.2, -13.5]))
+    assert cli(["soft-prompt", "--train", str(train), "--test", str(test), "--backbone", str(tiny_ckpt),
+                "--prompt-tokens", "0", "--no-progress", "--out", str(tmp_path / "w")]) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "label token" in line]
+    assert warning == ["bioseq soft-prompt: warning: label token(s) 'N' (-13.5) are more than 8 nats less "
+                       "likely than 'A' (-1.2) at the answer position (mean log-probability): the model "
+                       "hardly ever emits them (a token absent from its pretraining data?), and a prompt is "
+                       "unlikely to make it answer them; name tokens it emits with --label-tokens (e.g. A,G "
+                       "for DNA)"]
+
+
 def test_cli_soft_prompt_marks_random_weights(tmp_path, capsys):
     train, test = write_task(tmp_path, n_train=12, n_test=4)
     assert cli(["soft-prompt", "--train", str(train), "--test", str(test), "--backbone", "mamba-tiny",

@@ -28,6 +28,7 @@ def _script():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["human_nontata_promoters", "human_enhancers_cohn"])
 def test_soft_prompt_and_kshot_sweeps_on_real_data(tmp_path, name):
+    """The full protocol of benchmarks/icl_real.py (label tokens A/G: the pretraining data holds no N)."""
     shared_path("data", "genomic_benchmarks", "sequences", name, "test.tsv.gz")
     assert _script().main(["--datasets", name, "--out", str(tmp_path)]) == 0
     res = json.loads(Path(tmp_path, "icl_real.json").read_text())["results"][name]

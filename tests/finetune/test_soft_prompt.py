@@ -159,3 +159,26 @@ def test_zero_prompt_tokens_is_the_frozen_models_own_answer():
     ids = torch.as_tensor(TOK.encode(seqs[0]))[None]
     expect = backbone.lm_logits(backbone(ids)[:, -1])[:, [A, N]]
     assert np.allclose(class_scores(res.model, TOK, seqs[:1]), expect.detach().numpy(), atol=1e-6)
+
+
+def test_label_token_logprobs_flag_a_token_the_model_never_emits(monkeypatch):
+    """The answer-position log-probabilities are the frozen model's own (softmax over the vocabulary);
+    a label token pushed 20 nats down (like N after pretraining on sequences without N) is reported."""
+    from bioseq.finetune.soft_prompt import label_token_logprobs
+
+    backbone = tiny("hyena").eval()
+    seqs, _ = toy_task(6)
+    got = label_token_logprobs(backbone, TOK, [A, N], seqs, batch_size=4)
+    ids = torch.as_tensor(np.stack([TOK.encode(s) for s in seqs]))
+    with torch.no_grad():
+        want = torch.log_softmax(backbone.lm_logits(backbone(ids)[:, -1]).double(), -1)[:, [A, N]].mean(0)
+    assert np.allclose(got, want.numpy(), atol=1e-6)
+    assert lt.unreachable_labels(["A", "N"], list(got)) is None
+
+    lm_logits = backbone.lm_logits
+    monkeypatch.setattr(backbone, "lm_logits", lambda h: lm_logits(h).index_add(
+        -1, torch.tensor([N]), torch.full((*h.shape[:-1], 1), -20.0)))
+    low = label_token_logprobs(backbone, TOK, [A, N], seqs)
+    assert low[0] - low[1] > 19
+    message = lt.unreachable_labels(["A", "N"], list(low))
+    assert message.startswith("label token(s) 'N' (") and "--label-tokens" in message
