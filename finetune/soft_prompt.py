@@ -122,7 +122,8 @@ class SoftPromptModel(nn.Module):
                           attention_mask.bool()], 1)
         return embeds, mask, answer
 
-    def answer_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def answer_logits(self, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The LM head's logits over the whole vocabulary at the answer position: ``[B, V]``."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
