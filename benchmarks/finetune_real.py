@@ -94,7 +94,7 @@ def pretrain_lm(backbone, dm, a) -> dict:
 
     masked = not backbone.causal
     lm = LanguageModel(backbone=backbone, tokenizer=dm.tokenizer, objective="mlm" if masked else "clm")
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(getattr(a, "seed", 0))
     opt = torch.optim.AdamW(backbone.parameters(), lr=a.pretrain_lr, weight_decay=0.1)
     backbone.train()
     t0 = time.time()
@@ -187,7 +187,8 @@ def model_run(train: Path, test: Path, max_len: int, a) -> dict:
     from bioseq.finetune.classifier import SequenceClassifier
 
     torch.set_num_threads(a.threads)
-    L.seed_everything(0, verbose=False)
+    seed = getattr(a, "seed", 0)   # model initialisation, masking, batch order; the splits stay seed 0
+    L.seed_everything(seed, verbose=False)
     dm = SequenceClassificationDataModule(
         train_file=str(train),
         test_file=str(test),
@@ -209,7 +210,7 @@ def model_run(train: Path, test: Path, max_len: int, a) -> dict:
         backbone = build_backbone(arch, preset, **overrides)
         pretrain = pretrain_lm(backbone, dm, a)
         print("pretraining:", pretrain, flush=True)
-        L.seed_everything(0, verbose=False)
+        L.seed_everything(seed, verbose=False)
     model = SequenceClassifier(
         backbone=backbone,
         arch=arch,
@@ -305,6 +306,9 @@ def main(argv=None) -> int:
     p.add_argument("--rc-average-eval-only", action="store_true",
                    help="average over both strands in evaluation only (Caduceus' post-hoc conjoining: "
                         "one strand per training step, half the cost)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the model's initialisation, masking and batch order (the train/validation/"
+                        "test splits are always seed 0)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (2: all cores of this machine)")
     p.add_argument("--pretrain-minutes", type=float, default=9.0,
                    help="next-token pretraining on the train split's sequences first, at most this long "

@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,6 +53,12 @@ def write_sweep(rows: Sequence[dict], out: str | os.PathLike, *, x: str, y: str,
     return out
 
 
+def wrap_title(title: str, width: int = 80) -> str:
+    """The plot title in lines of at most ``width`` characters (a long checkpoint path is broken too), so
+    that it fits the 6-inch figure instead of running off both edges."""
+    return "\n".join(textwrap.wrap(title, width, break_long_words=True, break_on_hyphens=False)) or title
+
+
 def plot_sweep(rows: Sequence[dict], path: Path, *, x: str, y: str, series: str, title: str, xlabel: str,
                ylabel: str) -> None:
     import matplotlib
@@ -73,7 +80,7 @@ def plot_sweep(rows: Sequence[dict], path: Path, *, x: str, y: str, series: str,
         ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(wrap_title(title), fontsize=9)
     ax.grid(alpha=0.3)
     if len(groups) > 1 or any(groups):
         ax.legend(fontsize=7)

@@ -211,3 +211,14 @@ def test_benchmark_and_probe_two_real_datasets(tmp_path):
         acc = float(next(csv.DictReader(open(pout / "results.csv")))["value"])
         assert np.isfinite(acc) and acc > (0.7 if feats[1] == "kmer" else 0.5)
         assert (pout / "results.png").exists()
+
+
+def test_plot_titles_wrap_long_checkpoint_paths():
+    from bioseq.finetune.sweep_report import wrap_title
+
+    title = ("Soft prompting: test accuracy against prompt tokens K "
+             "(/work/runs/icl/full-cohn/cohn/backbone_dir)")
+    lines = wrap_title(title).splitlines()
+    assert len(lines) == 2 and all(len(line) <= 80 for line in lines)
+    assert "".join(lines).replace(" ", "") == title.replace(" ", "")
+    assert wrap_title("short") == "short"
