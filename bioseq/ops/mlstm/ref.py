@@ -318,13 +318,6 @@ def to_chunks(t: torch.Tensor, L: int) -> torch.Tensor:
     return store.transpose(-1, -2) if transposed else store
 
 
-def _empty_chunks_like(t: torch.Tensor) -> torch.Tensor:
-    """An uninitialised [NC, B, NH, L, DH] tensor stored like ``t`` (contiguous or as a transposed view)."""
-    if t.is_contiguous():
-        return torch.empty_like(t)
-    return torch.empty_like(t.transpose(-1, -2)).transpose(-1, -2)
-
-
 def _matmul_into(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """``out = a @ b`` written into ``out`` whether it is contiguous or a transposed view of a contiguous
     tensor (then as ``out^T = b^T a^T``), without a temporary."""
@@ -377,7 +370,7 @@ def _chunkwise_bwd(x: _Chunked, dh, dC_T, dn_T, h, Cs, ns, ms, M, den, norm):
 
     Returns dq, dks, dv [NC, B, NH, L, DH], di, dlf, dnorm [NC, B, NH, L], dC0, dn0, dm0 [B, NH]."""
     decay = torch.exp(x.lf_tot + ms[:-1] - ms[1:])
-    dq, dks, dv = (_empty_chunks_like(x.q) for _ in range(3))              # stored like the inputs
+    dq, dks, dv = (torch.empty_like(x.q) for _ in range(3))        # stored like the inputs (strides kept)
     di, dlf_cum, dnorm = (torch.empty_like(x.i) for _ in range(3))
     gC, gn = dC_T, dn_T                                       # gradient w.r.t. a chunk's end state
     for sl in reversed(x.groups()):
