@@ -406,9 +406,9 @@ class MLSTMLayer(nn.Module):
     def _branches(self, x, positions, window):
         """The mLSTM branch up to the cell.
 
-        x [B, L, D], positions [B, L], window [B, K-1, E] or None. Returns xc [B, E, L] (convolved,
-        SiLU), z [B, L, E], q, k, v [B, NH, L, DH], gate pre-activations i, f [B, NH, L] and the new
-        window."""
+        x [B, L, D], positions [B, L], window [B, K-1, E] or None. Returns xc [E, B * L] (convolved,
+        SiLU; channel-major), z [B, L, E], q, k, v [B, NH, L, DH], gate pre-activations i, f [B, NH, L]
+        and the new window."""
         B, L, _ = x.shape
         E, NH, DH = self.inner, self.num_heads, self.head_dim
         # The mLSTM branch is computed channel-major ([E, B * L]: the up-projection as W x^T) up to the
@@ -448,12 +448,11 @@ class MLSTMLayer(nn.Module):
             cos, sin = rope_tables(positions, DH, self.rope_base)
             cos, sin = cos[:, None], sin[:, None]                              # same angles for every head
             q, k = rope_apply(q, cos, sin), rope_apply(k, cos, sin)
-        return xc, z, q, k, v, i, f, window
+        return xc_cm, z, q, k, v, i, f, window
 
     def _output(self, h, xc, z):
-        """h [B, NH, L, DH], xc [B, E, L], z [B, L, E] -> y [B, L, D]."""
-        B, E, L = xc.shape
-        xc_t = _TransposeCopy.apply(xc.transpose(0, 1).reshape(E, B * L)).view(B, L, E)  # token-major
+        """h [B, NH, L, DH], xc [E, B * L] (channel-major), z [B, L, E] -> y [B, L, D]."""
+        xc_t = _TransposeCopy.apply(xc).view(z.shape)                          # token-major [B, L, E]
         h = head_norm(h.transpose(1, 2), self.outnorm_weight, self.norm_eps) + self.skip * xc_t
         return self.dropout(self.proj_down(h * F.silu(z)))
 
